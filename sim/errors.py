@@ -1,0 +1,41 @@
+"""The exception types the command line maps to exit codes.
+
+``InputError`` (and its subclasses) means the user's input is wrong: the CLI prints its one-line
+message and exits with code 2. ``SimulationError`` means the model reached a state it cannot
+handle: exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class InputError(Exception):
+    """Bad user input: a scenario, a profile, a trace or a command-line value.
+
+    The message names the file, the field path and what was expected, on one line.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None):
+        self.source = source
+        self.field = field
+        self.detail = message
+        parts = [p for p in (source, field) if p]
+        super().__init__(": ".join([*parts, message]))
+
+
+class ScenarioError(InputError):
+    """A scenario file (or an override of it) is missing, malformed or inconsistent."""
+
+
+class ProfileError(InputError):
+    """A cost profile is missing, corrupt, or cannot serve the requested configuration."""
+
+
+class UnknownNameError(InputError, KeyError):
+    """A registry lookup failed; the message suggests close names."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return Exception.__str__(self)
+
+
+class SimulationError(RuntimeError):
+    """The model reached a state it cannot handle (a bug or an unsupported combination)."""
