@@ -1,0 +1,556 @@
+"""Read, validate and write cost profiles (``simlb.profile/v1`` JSON files).
+
+A profile describes one (GPU, model, tensor-parallel degree) setup: the hardware, the model
+shape, the KV-cache memory terms and the per-step cost model of ``anchors/profiling.md`` §4-§5.
+This module needs only the standard library, so the GPU profiler that writes these files runs
+where pydantic and SimPy are absent. Full field reference: ``docs/profile-format.md``.
+
+Schema (times in ms, sizes in bytes, rates per second; every number finite and >= 0)::
+
+    schema      "simlb.profile/v1"
+    name        "h100/llama-3-8b" (shipped profiles: their path under profiles/)
+    source      kind "derived"|"measured"; method (prose); data [{path, sha256, licence}];
+                created "YYYY-MM-DD"; tool (program that wrote the file)
+    hardware    gpu; tensor_parallel (GPUs of the node); memory_bytes_per_gpu;
+                peak_bf16_flops_per_gpu; hbm_bandwidth_bytes_per_s (nominal);
+                effective_bandwidth_bytes_per_s; optional effective_gemm_flops_per_gpu,
+                effective_attention_flops_per_gpu (roofline inputs, or null); notes
+    model       name, num_layers, hidden_size, num_heads, num_kv_heads, head_dim,
+                intermediate_size, vocab_size, params, dtype, max_position (context limit)
+    kv_cache    dtype; kv_bytes_per_token_per_gpu (= 2*L*H_kv*D*dtype_bytes / TP);
+                block_size (tokens); gpu_memory_utilization; total_bytes_per_gpu (as
+                cudaMemGetInfo reports); weights_bytes_per_gpu; peak_activation_bytes_per_gpu;
+                non_torch_bytes_per_gpu; capacity_tokens (whole node, at the stored
+                utilisation and block size; must equal the vLLM rule below); method (prose)
+    step_model  units "ms";
+                lin  {x_tokens, y_ms, extrapolation {kind "linear", slope_ms_per_token,
+                      max_factor}}: token-linear work (GEMMs, norms, RoPE) vs tokens N;
+                comm null | same shape as lin: tensor-parallel all-reduce time vs N;
+                head {x_seqs, y_ms, extrapolation {kind, slope_ms_per_seq, max_factor}}:
+                      LM head + sampling vs logits rows S;
+                attn_decode  {features ["const","batch","sum_ctx"], coef [c0, c1, c2]};
+                attn_prefill {features ["per_chunk","chunk_tokens","attn_pairs"],
+                              coef [p0, p1, p2]};
+                mixed_factor (> 0); cpu_overhead_ms
+    fit_quality, checks   free-form objects (numbers, strings, lists)
+    samples, metadata     optional free-form objects (raw measurements, profiler details)
+
+Tables: ``x`` strictly increasing integers >= 1, ``y_ms`` non-decreasing, equal lengths. A
+table gives ``y[0]`` below ``x[0]``, interpolates linearly inside, and continues with the
+stated slope above ``x[-1]`` (the simulator refuses steps beyond ``max_factor * x[-1]``).
+
+KV capacity (vLLM ``Worker.determine_num_available_blocks``, profiling.md §3.2), per GPU::
+
+    blocks = floor((total*util - weights - peak_activation - non_torch)
+                   / (block_size * kv_bytes_per_token_per_gpu))
+    capacity_tokens = blocks * block_size
+
+Every GPU of a tensor-parallel node holds its share of the KV heads of *every* token, so the
+per-GPU block count is the node's block count; the node's memory is the sum over its GPUs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from sim.errors import ProfileError
+
+SCHEMA_ID = "simlb.profile/v1"
+#: Environment variable that overrides the folder of shipped profiles.
+PROFILES_DIR_ENV = "SIMLB_PROFILES_DIR"
+#: Bytes per element of the KV-cache dtypes the loader can check.
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "fp8": 1, "float8_e4m3fn": 1,
+               "float8_e5m2": 1}
+DECODE_FEATURES = ("const", "batch", "sum_ctx")
+PREFILL_FEATURES = ("per_chunk", "chunk_tokens", "attn_pairs")
+
+
+@dataclass(frozen=True, slots=True)
+class DataFile:
+    """One input file of a derived profile: path, sha256 and licence."""
+
+    path: str
+    sha256: str
+    licence: str
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Provenance: derived from published data, or measured by the profiler."""
+
+    kind: str
+    method: str
+    data: tuple[DataFile, ...]
+    created: str
+    tool: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hardware:
+    """The node: GPU kind, tensor-parallel degree and per-GPU ceilings (bytes, FLOP/s)."""
+
+    gpu: str
+    tensor_parallel: int
+    memory_bytes_per_gpu: int
+    peak_bf16_flops_per_gpu: float
+    hbm_bandwidth_bytes_per_s: float
+    effective_bandwidth_bytes_per_s: float
+    effective_gemm_flops_per_gpu: float | None
+    effective_attention_flops_per_gpu: float | None
+    notes: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelShape:
+    """Transformer shape (Llama-style decoder) and parameter count."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    params: int
+    dtype: str
+    max_position: int
+
+
+@dataclass(frozen=True, slots=True)
+class KvCache:
+    """The per-GPU memory terms of vLLM's KV-cache sizing rule (bytes)."""
+
+    dtype: str
+    kv_bytes_per_token_per_gpu: int
+    block_size: int
+    gpu_memory_utilization: float
+    total_bytes_per_gpu: int
+    weights_bytes_per_gpu: int
+    peak_activation_bytes_per_gpu: int
+    non_torch_bytes_per_gpu: int
+    capacity_tokens: int
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A monotone piecewise-linear curve in ms with a linear tail above the grid."""
+
+    x: tuple[int, ...]
+    y_ms: tuple[float, ...]
+    slope_ms: float
+    max_factor: float
+
+    @property
+    def x_max(self) -> int:
+        """Largest measured x (tokens or sequences)."""
+        return self.x[-1]
+
+    def at(self, x: float) -> float:
+        """Evaluate the curve at ``x`` in ms (reference implementation; O(log n))."""
+        xs, ys = self.x, self.y_ms
+        if x <= xs[0]:
+            return ys[0]
+        if x >= xs[-1]:
+            return ys[-1] + self.slope_ms * (x - xs[-1])
+        hi = bisect.bisect_right(xs, x)
+        return ys[hi - 1] + (x - xs[hi - 1]) * (ys[hi] - ys[hi - 1]) / (xs[hi] - xs[hi - 1])
+
+
+@dataclass(frozen=True, slots=True)
+class LinearTerm:
+    """A non-negative linear model: ``sum(coef[i] * feature_i)`` in ms."""
+
+    features: tuple[str, ...]
+    coef: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StepModel:
+    """The step-time model of profiling.md §5.9 (all times in ms)."""
+
+    lin: Table
+    comm: Table | None
+    head: Table
+    attn_decode: LinearTerm
+    attn_prefill: LinearTerm
+    mixed_factor: float
+    cpu_overhead_ms: float
+
+
+def vllm_kv_blocks(total_bytes: int, gpu_memory_utilization: float, non_kv_bytes: int,
+                   kv_bytes_per_token: int, block_size: int) -> int:
+    """KV blocks per GPU by vLLM's rule (``Worker.determine_num_available_blocks``).
+
+    ``floor((total * util - non_kv) / (block_size * kv_bytes_per_token))``, at least 0, where
+    ``non_kv`` = weights + peak activation + non-torch memory, all bytes per GPU.
+
+    Raises:
+        ValueError: ``util`` outside (0, 1] or ``block_size`` < 1.
+    """
+    if not 0.0 < gpu_memory_utilization <= 1.0 or block_size < 1:
+        raise ValueError(f"need 0 < gpu_memory_utilization <= 1 and block_size >= 1, "
+                         f"got {gpu_memory_utilization} and {block_size}")
+    budget = total_bytes * gpu_memory_utilization - non_kv_bytes
+    return max(0, math.floor(budget / (block_size * kv_bytes_per_token)))
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A parsed, validated profile. ``path`` is the file it came from (None if from a dict)."""
+
+    name: str
+    source: Source
+    hardware: Hardware
+    model: ModelShape
+    kv_cache: KvCache
+    step_model: StepModel
+    fit_quality: Mapping[str, Any]
+    checks: Mapping[str, Any]
+    path: Path | None = None
+
+    def kv_capacity_blocks(
+        self, gpu_memory_utilization: float | None = None, block_size: int | None = None
+    ) -> int:
+        """KV blocks of the node by vLLM's rule for another utilisation or block size.
+
+        Args:
+            gpu_memory_utilization: fraction of *total* GPU memory vLLM may use; None = stored.
+            block_size: tokens per block; None = stored.
+
+        Returns:
+            ``floor(budget_per_gpu / (block_size * kv_bytes_per_token_per_gpu))``, at least 0.
+        """
+        kv = self.kv_cache
+        return vllm_kv_blocks(
+            kv.total_bytes_per_gpu,
+            kv.gpu_memory_utilization if gpu_memory_utilization is None
+            else gpu_memory_utilization,
+            kv.weights_bytes_per_gpu + kv.peak_activation_bytes_per_gpu
+            + kv.non_torch_bytes_per_gpu,
+            kv.kv_bytes_per_token_per_gpu,
+            kv.block_size if block_size is None else block_size)
+
+    def kv_capacity_tokens(
+        self, gpu_memory_utilization: float | None = None, block_size: int | None = None
+    ) -> int:
+        """KV capacity of the node in tokens (blocks x block size); see ``kv_capacity_blocks``."""
+        bs = self.kv_cache.block_size if block_size is None else block_size
+        return self.kv_capacity_blocks(gpu_memory_utilization, bs) * bs
+
+
+def _show(value: Any) -> str:
+    """A short repr for error messages (one line, at most about 60 characters)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _at(path: str, key: str) -> str:
+    """The dotted path of ``key`` inside ``path`` (the top level has the empty path)."""
+    return f"{path}.{key}" if path else key
+
+
+class _Checker:
+    """Walks a profile dict and raises ``ProfileError`` naming the file and the field."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, field: str, message: str) -> ProfileError:
+        return ProfileError(message, source=self.source, field=field)
+
+    def obj(self, value: Any, path: str, required: tuple[str, ...],
+            optional: tuple[str, ...] = ()) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected an object, got {type(value).__name__}")
+        for key in required:
+            if key not in value:
+                raise self.fail(_at(path, key), "missing required field")
+        extra = sorted(set(value) - set(required) - set(optional))
+        if extra:
+            raise self.fail(_at(path, extra[0]), f"unknown field (expected one of "
+                                   f"{', '.join(sorted((*required, *optional)))})")
+        return value
+
+    def text(self, d: dict[str, Any], key: str, path: str) -> str:
+        value = d[key]
+        if not isinstance(value, str):
+            raise self.fail(_at(path, key), f"expected a string, got {_show(value)}")
+        return value
+
+    def num(self, d: dict[str, Any], key: str, path: str, *, integer: bool = False,
+            positive: bool = False) -> Any:
+        return self.number(d[key], _at(path, key), integer=integer, positive=positive)
+
+    def number(self, value: Any, where: str, *, integer: bool = False,
+               positive: bool = False) -> Any:
+        kind = "an integer" if integer else "a number"
+        ok_type = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, ok_type):
+            raise self.fail(where, f"expected {kind}, got {_show(value)}")
+        if not math.isfinite(value):
+            raise self.fail(where, f"expected a finite number, got {_show(value)}")
+        if value < 0 or (positive and value == 0):
+            raise self.fail(where, f"expected {kind} {'> 0' if positive else '>= 0'}, "
+                                   f"got {_show(value)}")
+        return value if integer else float(value)
+
+    def numbers(self, d: dict[str, Any], key: str, path: str, *, integer: bool = False) -> tuple:
+        value = d[key]
+        if not isinstance(value, list) or not value:
+            raise self.fail(f"{path}.{key}", f"expected a non-empty list, got {_show(value)}")
+        return tuple(self.number(v, f"{path}.{key}[{i}]", integer=integer)
+                     for i, v in enumerate(value))
+
+
+def _parse_table(c: _Checker, value: Any, path: str, x_key: str, slope_key: str) -> Table:
+    """Validate a ``{x_*, y_ms, extrapolation}`` table."""
+    d = c.obj(value, path, (x_key, "y_ms", "extrapolation"))
+    xs = c.numbers(d, x_key, path, integer=True)
+    ys = c.numbers(d, "y_ms", path)
+    if len(xs) != len(ys):
+        raise c.fail(f"{path}.y_ms", f"expected {len(xs)} values (one per {x_key}), "
+                                     f"got {len(ys)}")
+    for i in range(1, len(xs)):
+        if xs[i] <= xs[i - 1]:
+            raise c.fail(f"{path}.{x_key}[{i}]", f"expected strictly increasing values, got "
+                                                 f"{xs[i]} after {xs[i - 1]}")
+        if ys[i] < ys[i - 1]:
+            raise c.fail(f"{path}.y_ms[{i}]", f"expected a non-decreasing table, got {ys[i]} "
+                                              f"after {ys[i - 1]}")
+    if xs[0] < 1:
+        raise c.fail(f"{path}.{x_key}[0]", f"expected values >= 1, got {xs[0]}")
+    ext = c.obj(d["extrapolation"], f"{path}.extrapolation", ("kind", slope_key, "max_factor"))
+    if ext["kind"] != "linear":
+        raise c.fail(f"{path}.extrapolation.kind", f"expected 'linear', got {_show(ext['kind'])}")
+    slope = c.num(ext, slope_key, f"{path}.extrapolation")
+    factor = c.num(ext, "max_factor", f"{path}.extrapolation")
+    if factor < 1.0:
+        raise c.fail(f"{path}.extrapolation.max_factor", f"expected >= 1, got {factor}")
+    return Table(xs, ys, slope, factor)
+
+
+def _parse_term(c: _Checker, value: Any, path: str, features: tuple[str, ...]) -> LinearTerm:
+    """Validate a ``{features, coef}`` linear attention term."""
+    d = c.obj(value, path, ("features", "coef"))
+    if d["features"] != list(features):
+        raise c.fail(f"{path}.features", f"expected {list(features)}, got {_show(d['features'])}")
+    coef = c.numbers(d, "coef", path)
+    if len(coef) != len(features):
+        raise c.fail(f"{path}.coef", f"expected {len(features)} coefficients, got {len(coef)}")
+    return LinearTerm(features, coef)
+
+
+def _parse_source(c: _Checker, value: Any) -> Source:
+    d = c.obj(value, "source", ("kind", "method", "data", "created", "tool"))
+    kind = c.text(d, "kind", "source")
+    if kind not in ("derived", "measured"):
+        raise c.fail("source.kind", f"expected 'derived' or 'measured', got {_show(kind)}")
+    if not isinstance(d["data"], list):
+        raise c.fail("source.data", f"expected a list, got {_show(d['data'])}")
+    files = []
+    for i, item in enumerate(d["data"]):
+        p = f"source.data[{i}]"
+        f = c.obj(item, p, ("path", "sha256", "licence"))
+        files.append(DataFile(c.text(f, "path", p), c.text(f, "sha256", p),
+                              c.text(f, "licence", p)))
+    return Source(kind, c.text(d, "method", "source"), tuple(files),
+                  c.text(d, "created", "source"), c.text(d, "tool", "source"))
+
+
+def _parse_hardware(c: _Checker, value: Any) -> Hardware:
+    opt = ("effective_gemm_flops_per_gpu", "effective_attention_flops_per_gpu")
+    d = c.obj(value, "hardware", ("gpu", "tensor_parallel", "memory_bytes_per_gpu",
+                                  "peak_bf16_flops_per_gpu", "hbm_bandwidth_bytes_per_s",
+                                  "effective_bandwidth_bytes_per_s", "notes"), opt)
+    extra = [None if d.get(k) is None else c.num(d, k, "hardware", positive=True) for k in opt]
+    return Hardware(
+        c.text(d, "gpu", "hardware"),
+        c.num(d, "tensor_parallel", "hardware", integer=True, positive=True),
+        c.num(d, "memory_bytes_per_gpu", "hardware", integer=True, positive=True),
+        *(c.num(d, k, "hardware", positive=True) for k in (
+            "peak_bf16_flops_per_gpu", "hbm_bandwidth_bytes_per_s",
+            "effective_bandwidth_bytes_per_s")),
+        extra[0], extra[1], c.text(d, "notes", "hardware"))
+
+
+def _parse_model(c: _Checker, value: Any, tp: int) -> ModelShape:
+    ints = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
+            "intermediate_size", "vocab_size", "params", "max_position")
+    d = c.obj(value, "model", ("name", "dtype", *ints))
+    nums = {k: c.num(d, k, "model", integer=True, positive=True) for k in ints}
+    if nums["num_kv_heads"] % tp or nums["num_heads"] % nums["num_kv_heads"]:
+        raise c.fail("model.num_kv_heads", f"expected a divisor of num_heads that "
+                                           f"tensor_parallel={tp} divides, "
+                                           f"got {nums['num_kv_heads']}")
+    return ModelShape(name=c.text(d, "name", "model"), dtype=c.text(d, "dtype", "model"), **nums)
+
+
+def _parse_kv(c: _Checker, value: Any, model: ModelShape, tp: int) -> KvCache:
+    ints = ("kv_bytes_per_token_per_gpu", "block_size", "total_bytes_per_gpu",
+            "weights_bytes_per_gpu", "peak_activation_bytes_per_gpu",
+            "non_torch_bytes_per_gpu", "capacity_tokens")
+    d = c.obj(value, "kv_cache", ("dtype", "gpu_memory_utilization", "method", *ints))
+    nums = {k: c.num(d, k, "kv_cache", integer=True) for k in ints}
+    util = c.num(d, "gpu_memory_utilization", "kv_cache", positive=True)
+    if util > 1.0:
+        raise c.fail("kv_cache.gpu_memory_utilization", f"expected a fraction <= 1, got {util}")
+    for key in ("kv_bytes_per_token_per_gpu", "block_size", "total_bytes_per_gpu"):
+        if nums[key] == 0:
+            raise c.fail(f"kv_cache.{key}", "expected an integer > 0, got 0")
+    dtype = c.text(d, "dtype", "kv_cache")
+    if dtype in DTYPE_BYTES:
+        want = 2 * model.num_layers * model.num_kv_heads * model.head_dim * DTYPE_BYTES[dtype]
+        if nums["kv_bytes_per_token_per_gpu"] != want // tp:
+            raise c.fail("kv_cache.kv_bytes_per_token_per_gpu",
+                         f"expected 2*L*H_kv*D*bytes/TP = {want // tp}, "
+                         f"got {nums['kv_bytes_per_token_per_gpu']}")
+    return KvCache(dtype=dtype, gpu_memory_utilization=util,
+                   method=c.text(d, "method", "kv_cache"), **nums)
+
+
+def _parse_step_model(c: _Checker, value: Any) -> StepModel:
+    p = "step_model"
+    d = c.obj(value, p, ("units", "lin", "comm", "head", "attn_decode", "attn_prefill",
+                         "mixed_factor", "cpu_overhead_ms"))
+    if d["units"] != "ms":
+        raise c.fail(f"{p}.units", f"expected 'ms', got {_show(d['units'])}")
+    comm = None if d["comm"] is None else _parse_table(
+        c, d["comm"], f"{p}.comm", "x_tokens", "slope_ms_per_token")
+    return StepModel(
+        lin=_parse_table(c, d["lin"], f"{p}.lin", "x_tokens", "slope_ms_per_token"),
+        comm=comm,
+        head=_parse_table(c, d["head"], f"{p}.head", "x_seqs", "slope_ms_per_seq"),
+        attn_decode=_parse_term(c, d["attn_decode"], f"{p}.attn_decode", DECODE_FEATURES),
+        attn_prefill=_parse_term(c, d["attn_prefill"], f"{p}.attn_prefill", PREFILL_FEATURES),
+        mixed_factor=c.num(d, "mixed_factor", p, positive=True),
+        cpu_overhead_ms=c.num(d, "cpu_overhead_ms", p),
+    )
+
+
+def parse_profile(data: Any, source: str = "<profile>", path: Path | None = None) -> Profile:
+    """Validate a decoded profile object and return it as a frozen ``Profile``.
+
+    Raises:
+        ProfileError: naming ``source`` and the dotted field path of the first problem.
+    """
+    c = _Checker(source)
+    top = c.obj(data, "", ("schema", "name", "source", "hardware", "model", "kv_cache",
+                           "step_model", "fit_quality", "checks"), ("samples", "metadata"))
+    if top["schema"] != SCHEMA_ID:
+        raise c.fail("schema", f"expected {SCHEMA_ID!r}, got {_show(top['schema'])}")
+    hardware = _parse_hardware(c, top["hardware"])
+    tp = hardware.tensor_parallel
+    model = _parse_model(c, top["model"], tp)
+    for key in ("fit_quality", "checks"):
+        if not isinstance(top[key], dict):
+            raise c.fail(key, f"expected an object, got {_show(top[key])}")
+    profile = Profile(
+        name=c.text(top, "name", ""), source=_parse_source(c, top["source"]),
+        hardware=hardware, model=model, kv_cache=_parse_kv(c, top["kv_cache"], model, tp),
+        step_model=_parse_step_model(c, top["step_model"]),
+        fit_quality=MappingProxyType(dict(top["fit_quality"])),
+        checks=MappingProxyType(dict(top["checks"])), path=path,
+    )
+    want = profile.kv_capacity_tokens()
+    if profile.kv_cache.capacity_tokens != want:
+        raise c.fail("kv_cache.capacity_tokens", f"expected {want} (vLLM rule from the stored "
+                                                 f"terms), got {profile.kv_cache.capacity_tokens}")
+    return profile
+
+
+def shipped_profiles_dir() -> Path:
+    """The folder of shipped profiles: ``$SIMLB_PROFILES_DIR`` or ``<repo>/profiles``."""
+    env = os.environ.get(PROFILES_DIR_ENV)
+    if env:
+        return Path(env)
+    import sim  # the package root; cheap, imports neither pydantic nor SimPy
+
+    return Path(sim.__file__).resolve().parent.parent / "profiles"
+
+
+def shipped_profile_names(profiles_dir: Path | None = None) -> list[str]:
+    """Names of the shipped profiles (``gpu/model``), sorted."""
+    root = shipped_profiles_dir() if profiles_dir is None else profiles_dir
+    if not root.is_dir():
+        return []
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.json"))
+
+
+def resolve_profile(ref: str | Path, base_dir: Path | None = None) -> Path:
+    """Find the file ``ref`` names: a path (absolute, or relative to ``base_dir`` or the cwd)
+    or a shipped profile name; ``.json`` may be omitted.
+
+    Raises:
+        ProfileError: nothing matches; the message lists the shipped profile names.
+    """
+    ref_path = Path(ref).expanduser()
+    roots = [None] if ref_path.is_absolute() else [
+        *([base_dir] if base_dir is not None else []), Path.cwd(), shipped_profiles_dir()]
+    for root in roots:
+        base = ref_path if root is None else root / ref_path
+        for cand in (base, base.with_name(base.name + ".json")):
+            if cand.is_file():
+                return cand
+    names = shipped_profile_names()
+    raise ProfileError(
+        f"no profile file or shipped profile of that name (looked "
+        f"{'at the path' if ref_path.is_absolute() else 'in ' + ', '.join(map(str, roots))}); "
+        f"shipped profiles: {', '.join(names) or 'none'}", source=str(ref))
+
+
+def load_profile(ref: str | Path, base_dir: Path | None = None) -> Profile:
+    """Load and validate a profile by path or shipped name (see ``resolve_profile``).
+
+    Raises:
+        ProfileError: missing file, invalid JSON or any schema violation, with the file
+            as ``source`` and the dotted field path as ``field``.
+    """
+    path = resolve_profile(ref, base_dir)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProfileError(f"cannot read the file ({exc.strerror})", source=str(path)) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProfileError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                           source=str(path)) from None
+    return parse_profile(data, source=str(path), path=path)
+
+
+def write_profile(data: Mapping[str, Any], path: str | Path) -> Path:
+    """Validate ``data`` and write it as JSON atomically (sorted keys, 2-space indent).
+
+    The file is written to a temporary file in the same folder and moved into place with
+    ``os.replace``, so readers never see a half-written profile.
+
+    Raises:
+        ProfileError: ``data`` is not a valid profile (nothing is written).
+    """
+    path = Path(path)
+    parse_profile(data, source=str(path))
+    text = json.dumps(data, sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a profile is a shareable data file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
