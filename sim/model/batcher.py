@@ -1,0 +1,450 @@
+"""Iteration planning of one GPU node: vLLM v1's continuous-batching scheduler.
+
+``ContinuousBatcher`` owns a node's waiting queue, its running batch and its KV cache, and
+decides what the next iteration runs. It is pure Python (no SimPy): ``GpuNode`` calls
+``plan()`` at an iteration boundary, asks the cost model how long the plan takes, and calls
+``apply()`` when that time has passed.
+
+Scheduling rules (vLLM v1 ``Scheduler.schedule``, FCFS policy, one partial prefill at a time):
+
+1. Running requests first, oldest first. Every decoding request gets one token. If the KV cache
+   cannot hold the decodes' new blocks, the newest running request is preempted (its blocks are
+   freed and it goes back to the front of the queue, to be recomputed later: vLLM's default
+   "recompute" preemption), until the rest fit.
+2. A request still in its prefill (a partial chunk of the last iteration) gets
+   ``min(remaining, budget)`` tokens; if its blocks do not fit it is preempted itself.
+3. Waiting requests are admitted in FCFS order while the token budget
+   (``max_num_batched_tokens``), the batch size (``max_num_seqs``) and the KV cache allow. A
+   request's prefix-cache hit covers whole blocks, at most ``seq - 1`` tokens, so at least one
+   token is computed. Without chunked prefill a prompt must fit the remaining budget whole.
+   The first request that does not fit stops admission (head-of-line blocking, as in vLLM).
+
+A request's *sequence* is its prompt plus the tokens generated so far. When an iteration
+computes the last token of a sequence, a new token is sampled: the first one ends the TTFT,
+the last one finishes the request. A preempted request keeps its generated tokens and later
+recomputes prompt plus output so far (vLLM v1), then continues.
+
+Decoding requests need O(1) work per iteration: the node keeps an iteration counter ``it``, and
+a decoding request with offset ``a`` holds KV for ``a + it`` tokens. Sums over the batch
+(context tokens, blocks held, via a histogram of ``a`` modulo the block size) and a heap of
+finish iterations replace per-request loops. This also gives the length of a run of identical
+decode iterations in closed form (``decode_run_limit``), which the node fast-forwards.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from pydantic import Field
+
+from sim.model.kv_cache import KVCache
+from sim.model.requests import COMPLETED, REJECTED, RequestTable
+from sim.registry import Registry
+from sim.spec import StrictModel
+
+batchers: Registry[type[ContinuousBatcher]] = Registry("batcher")
+
+
+@dataclass(slots=True)
+class Plan:
+    """What one iteration (or a run of identical decode iterations) computes."""
+
+    #: prefill chunks: (request id, tokens computed now, tokens computed before)
+    chunks: list[tuple[int, int, int]] = field(default_factory=list)
+    prefill_tokens: int = 0
+    prefill_pairs: int = 0
+    decode_batch: int = 0
+    #: context tokens attended by the decodes, summed, in the (first) iteration
+    decode_ctx_sum: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatcherConfig:
+    """Engine limits of a node (vLLM names)."""
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    chunked_prefill: bool = True
+    #: longest prompt + max_output_tokens the engine accepts (vLLM ``max_model_len``)
+    max_model_len: int | None = None
+
+
+@batchers.register("continuous")
+class ContinuousBatcher:
+    """Waiting queue, running batch and KV cache of one node (continuous batching)."""
+
+    class Params(StrictModel):
+        """vLLM engine limits. Defaults: vLLM v1's online-serving values for an H100-class GPU
+        (they vary by version: 2048-8192 batched tokens, 256-1024 sequences)."""
+
+        max_num_seqs: int = Field(256, ge=1)
+        max_num_batched_tokens: int = Field(8192, ge=1)
+        chunked_prefill: bool = True
+
+    @classmethod
+    def config(cls, params: Params, max_model_len: int | None) -> BatcherConfig:
+        """Engine limits from validated parameters."""
+        return BatcherConfig(params.max_num_seqs, params.max_num_batched_tokens,
+                             params.chunked_prefill, max_model_len)
+
+    def __init__(self, kv: KVCache, table: RequestTable, config: BatcherConfig):
+        if config.max_num_batched_tokens < config.max_num_seqs:
+            raise ValueError("max_num_batched_tokens must be >= max_num_seqs (as vLLM requires)")
+        self.kv = kv
+        self.table = table
+        self.config = config
+        bs = kv.block_size
+        limit = kv.total_blocks * bs
+        if config.max_model_len is not None:
+            limit = min(limit, config.max_model_len)
+        if not config.chunked_prefill:
+            limit = min(limit, config.max_num_batched_tokens)
+        #: longest prompt + max_output_tokens this node can ever serve
+        self.max_model_len = limit
+        self.waiting: deque[int] = deque()
+        #: running requests in admission order (dict as an ordered set)
+        self.running: dict[int, None] = {}
+        self.partial: int | None = None
+        self.it = 0
+        # per-request state of requests on this node
+        self._seq: dict[int, int] = {}          # prompt + generated tokens
+        self._computed: dict[int, int] = {}     # tokens with KV, prefill phase
+        self._held: dict[int, int] = {}         # blocks held, prefill phase
+        self._spans: dict[int, list[tuple[int, int]]] = {}  # shareable blocks (kv_cache.Span)
+        self._holding: dict[int, list[list[int]]] = {}       # cached blocks held (kv_cache)
+        self._dec_a: dict[int, int] = {}        # decode offset: KV tokens = a + it
+        self._dec_fin: dict[int, int] = {}      # iteration after which it finishes
+        self._preempted_at: dict[int, float] = {}
+        # decode aggregates
+        self._dec_n = 0
+        self._dec_sum_a = 0
+        self._dec_q = 0
+        self._dec_r = [0] * bs
+        self._fin_heap: list[tuple[int, int]] = []
+        #: inter-token gaps caused by preemption: (time the token came, gap in s)
+        self.preemption_gaps: list[tuple[float, float]] = []
+        self.preemptions = 0
+
+    # -- queue ------------------------------------------------------------------------------
+
+    def enqueue(self, rid: int, now: float) -> bool:
+        """Queue a request; reject it (return False) if this engine can never serve it."""
+        t = self.table
+        if t.prompt_tokens[rid] + t.max_output_tokens[rid] > self.max_model_len:
+            t.status[rid] = REJECTED
+            t.finish_s[rid] = now
+            return False
+        self.waiting.append(rid)
+        self._seq[rid] = t.prompt_tokens[rid]
+        return True
+
+    @property
+    def decode_batch(self) -> int:
+        """Number of requests in the decode phase."""
+        return self._dec_n
+
+    def is_idle(self) -> bool:
+        """True when nothing is queued or running."""
+        return not self.running and not self.waiting
+
+    def can_take_new_work(self) -> bool:
+        """Whether an arrival could join at the next boundary of a pure-decode run.
+
+        During such a run a non-empty queue stays blocked (its head did not fit and nothing
+        frees room before a request finishes), so only the first waiting request matters.
+        """
+        c = self.config
+        return (len(self.waiting) == 1 and len(self.running) < c.max_num_seqs
+                and self._dec_n < c.max_num_batched_tokens)
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def plan(self, now: float) -> Plan | None:
+        """Schedule the next iteration; None when there is nothing to run."""
+        self._reserve_decode_growth(now)
+        plan = Plan(decode_batch=self._dec_n)
+        budget = self.config.max_num_batched_tokens - self._dec_n
+        if self.partial is not None and budget > 0:
+            budget = self._continue_partial(plan, budget, now)
+        if self.partial is None:
+            self._admit(plan, budget, now)
+        if not plan.chunks and not plan.decode_batch:
+            return None
+        plan.decode_ctx_sum = self._dec_sum_a + self._dec_n * (self.it + 1)
+        return plan
+
+    def _reserve_decode_growth(self, now: float) -> None:
+        """Allocate the decodes' new blocks for the next iteration, preempting if needed."""
+        bs = self.kv.block_size
+        while self._dec_n:
+            # requests whose KV length a + it is a multiple of bs start a block: a % bs == -it
+            need = self._dec_r[(-self.it - 1) % bs]
+            if need <= self.kv.free_blocks:
+                self.kv.allocate(need)
+                return
+            self._preempt(next(reversed(self.running)), now)
+
+    def _continue_partial(self, plan: Plan, budget: int, now: float) -> int:
+        rid = self.partial
+        assert rid is not None
+        done = self._computed[rid]
+        chunk = min(self._seq[rid] - done, budget)
+        extra = self.kv.blocks_for(done + chunk) - self._held[rid]
+        if extra > self.kv.free_blocks:
+            self._preempt(rid, now)
+            return budget
+        self.kv.allocate(extra)
+        self._held[rid] += extra
+        self._add_chunk(plan, rid, chunk, done)
+        return budget - chunk
+
+    def _admit(self, plan: Plan, budget: int, now: float) -> None:
+        kv, table, config = self.kv, self.table, self.config
+        while self.waiting and budget > 0 and len(self.running) < config.max_num_seqs:
+            rid = self.waiting[0]
+            seq = self._seq[rid]
+            spans = self._prefix_spans(rid)
+            hit = kv.match(spans, (seq - 1) // kv.block_size) if spans else 0
+            cached = hit * kv.block_size
+            todo = seq - cached
+            if not config.chunked_prefill and todo > budget:
+                return
+            chunk = min(todo, budget)
+            new_blocks = kv.blocks_for(cached + chunk) - hit
+            free = kv.free_blocks
+            # hit blocks that sit in the evictable pool also take free blocks
+            if new_blocks + hit > free and new_blocks + kv.evictable_among(spans, hit) > free:
+                return
+            self.waiting.popleft()
+            self._holding[rid] = kv.acquire(spans, hit)
+            kv.allocate(new_blocks)
+            self._held[rid] = hit + new_blocks
+            self._computed[rid] = cached
+            self.running[rid] = None
+            if table.first_scheduled_s[rid] != table.first_scheduled_s[rid]:  # NaN: first time
+                table.first_scheduled_s[rid] = now
+                table.cached_tokens[rid] = cached
+            else:
+                table.recomputed_tokens[rid] += todo
+            self._add_chunk(plan, rid, chunk, cached)
+            budget -= chunk
+            if chunk < todo:
+                self.partial = rid
+                return
+
+    @staticmethod
+    def _add_chunk(plan: Plan, rid: int, chunk: int, done: int) -> None:
+        plan.chunks.append((rid, chunk, done))
+        plan.prefill_tokens += chunk
+        plan.prefill_pairs += chunk * done + chunk * (chunk + 1) // 2
+
+    def _prefix_spans(self, rid: int) -> list[tuple[int, int]]:
+        spans = self._spans.get(rid)
+        if spans is None:
+            if self.kv.prefix_caching and self.table.has_shareable_prefix(rid):
+                spans = self.table.prompt_spans(rid, self.kv.block_size)
+            else:
+                spans = []
+            self._spans[rid] = spans
+        return spans
+
+    # -- fast-forward -----------------------------------------------------------------------
+
+    def decode_run_limit(self) -> int:
+        """Iterations the current pure-decode batch can run unchanged (>= 1).
+
+        The run ends when the first request finishes or when the KV cache could not hold the
+        next iteration's blocks (the plan already reserved the first iteration's blocks); with
+        requests waiting, also before an iteration whose blocks would evict cached ones.
+        """
+        heap = self._fin_heap
+        while heap and self._dec_fin.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        k = heap[0][0] - self.it
+        start = self._dec_blocks(self.it + 1)
+        # With requests waiting, the run also ends before growth would evict cached blocks:
+        # an eviction can shrink the queue head's prefix hit and so make it admissible.
+        free = self.kv.empty if self.waiting else self.kv.free_blocks
+        # each request needs at most one block per block_size iterations (+1 partial)
+        if self._dec_n * ((k - 1) // self.kv.block_size + 1) <= free:
+            return k
+        lo, hi = 1, k  # largest j in [lo, hi] with growth(j) <= free
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._dec_blocks(self.it + mid) - start <= free:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def kv_used_during_run(self, iterations_started: int) -> int:
+        """KV blocks in use once ``iterations_started`` iterations of a decode run began."""
+        if iterations_started <= 1:
+            return self.kv.used_blocks
+        return (self.kv.used_blocks + self._dec_blocks(self.it + iterations_started)
+                - self._dec_blocks(self.it + 1))
+
+    # -- applying ---------------------------------------------------------------------------
+
+    def apply(self, plan: Plan, iterations: int, now: float) -> list[int]:
+        """Account for ``iterations`` finished iterations of ``plan``; return finished ids."""
+        first = self.it + 1
+        self.it += iterations
+        if iterations > 1:
+            self.kv.allocate(self._dec_blocks(self.it) - self._dec_blocks(first))
+        finished: list[int] = []
+        heap = self._fin_heap
+        while heap and heap[0][0] <= self.it:
+            fin, rid = heapq.heappop(heap)
+            if self._dec_fin.get(rid) == fin:
+                self._leave_decode(rid)
+                self._finish(rid, self._seq[rid] - 1, now)
+                finished.append(rid)
+        for rid, chunk, done in plan.chunks:
+            if self._complete_chunk(rid, done + chunk, now):
+                finished.append(rid)
+        return finished
+
+    def _complete_chunk(self, rid: int, computed: int, now: float) -> bool:
+        """Record a computed chunk; return True if the request finished."""
+        self._publish(rid, computed)
+        seq = self._seq[rid]
+        if computed < seq:
+            self._computed[rid] = computed
+            return False
+        if self.partial == rid:
+            self.partial = None
+        table = self.table
+        generated = seq - table.prompt_tokens[rid] + 1
+        self._seq[rid] = seq + 1
+        if generated == 1:
+            table.first_token_s[rid] = now
+        elif rid in self._preempted_at:
+            self.preemption_gaps.append((now, now - self._preempted_at.pop(rid)))
+        held = self._held.pop(rid)
+        del self._computed[rid]
+        if generated == table.output_tokens[rid]:
+            self._finish(rid, seq, now, held)
+            return True
+        self._join_decode(rid, seq, held)
+        return False
+
+    def _publish(self, rid: int, computed: int) -> None:
+        """Make the request's newly full, shareable prompt blocks hittable by others."""
+        spans = self._spans.get(rid)
+        if spans:
+            self.kv.publish(self._holding[rid], spans, computed // self.kv.block_size)
+
+    def _join_decode(self, rid: int, kv_tokens: int, held: int) -> None:
+        a = kv_tokens - self.it
+        # held == blocks_for(kv_tokens) by construction; kept for the assertion
+        assert held == self.kv.blocks_for(kv_tokens), (held, kv_tokens)
+        self._dec_a[rid] = a
+        q, r = divmod(a + self.kv.block_size - 1, self.kv.block_size)
+        self._dec_q += q
+        self._dec_r[r] += 1
+        self._dec_n += 1
+        self._dec_sum_a += a
+        generated = kv_tokens - self.table.prompt_tokens[rid] + 1
+        fin = self.it + self.table.output_tokens[rid] - generated
+        self._dec_fin[rid] = fin
+        heapq.heappush(self._fin_heap, (fin, rid))
+
+    def _leave_decode(self, rid: int) -> int:
+        """Remove a request from the decode aggregates; return its KV token count."""
+        a = self._dec_a.pop(rid)
+        del self._dec_fin[rid]
+        q, r = divmod(a + self.kv.block_size - 1, self.kv.block_size)
+        self._dec_q -= q
+        self._dec_r[r] -= 1
+        self._dec_n -= 1
+        self._dec_sum_a -= a
+        kv_tokens = a + self.it
+        self._seq[rid] = kv_tokens + 1
+        return kv_tokens
+
+    def _dec_blocks(self, x: int) -> int:
+        """Blocks the decoding requests hold once each has ``a + x`` tokens of KV."""
+        bs = self.kv.block_size
+        whole, rem = divmod(x, bs)
+        total = self._dec_q + self._dec_n * whole
+        if rem:
+            total += sum(self._dec_r[bs - rem:])
+        return total
+
+    def _release(self, rid: int, kv_tokens: int, held: int | None = None,
+                 preempted: bool = False) -> None:
+        """Free a request's blocks, leaving reusable full blocks cached.
+
+        On completion only blocks a later request reuses (a session's next turn) are cached;
+        on preemption all full blocks are, so the recomputation can hit what survives.
+        """
+        kv = self.kv
+        if held is None:
+            held = kv.blocks_for(kv_tokens)
+        holding = self._holding.pop(rid, [])
+        private = held - sum(n for _, n in holding)
+        if kv.prefix_caching:
+            table = self.table
+            if preempted:
+                spans = table.own_spans(rid, kv.block_size, kv_tokens)
+                self._spans[rid] = spans
+            else:
+                spans = table.sequence_spans(rid, kv.block_size, kv_tokens)
+                self._spans.pop(rid, None)
+            if spans:
+                private -= kv.publish(holding, spans, kv_tokens // kv.block_size, ref=0)
+        kv.free(private)
+        kv.release(holding)
+
+    def _finish(self, rid: int, kv_tokens: int, now: float, held: int | None = None) -> None:
+        self._release(rid, kv_tokens, held)
+        del self.running[rid]
+        del self._seq[rid]
+        table = self.table
+        table.finish_s[rid] = now
+        table.status[rid] = COMPLETED
+        table.generated_tokens[rid] = table.output_tokens[rid]
+
+    def _preempt(self, rid: int, now: float) -> None:
+        """Free a running request's blocks and put it back at the head of the queue."""
+        if rid == self.partial:
+            self.partial = None
+            kv_tokens = self._computed.pop(rid)
+            self._release(rid, kv_tokens, self._held.pop(rid), preempted=True)
+        else:
+            kv_tokens = self._leave_decode(rid)
+            self._release(rid, kv_tokens, preempted=True)
+            self._preempted_at[rid] = now
+        del self.running[rid]
+        self.waiting.appendleft(rid)
+        self.table.preemptions[rid] += 1
+        self.preemptions += 1
+
+    # -- observation ------------------------------------------------------------------------
+
+    def generated(self, rid: int) -> int:
+        """Tokens generated so far by a request on this node."""
+        if rid in self._dec_a:
+            return self._dec_a[rid] + self.it - self.table.prompt_tokens[rid] + 1
+        return self._seq[rid] - self.table.prompt_tokens[rid]
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError when the batcher's bookkeeping is inconsistent."""
+        self.kv.check_invariants()
+        assert self.partial is None or self.partial in self.running
+        assert not (set(self.waiting) & set(self.running))
+        decoders = set(self._dec_a)
+        prefilling = set(self._computed) - set(self.waiting)
+        assert decoders | prefilling == set(self.running), (decoders, prefilling, self.running)
+        assert len(self.running) <= self.config.max_num_seqs
+        held = sum(self.kv.blocks_for(a + self.it) for a in self._dec_a.values())
+        held += sum(self._held[r] for r in prefilling)
+        shared = sum(n for r in self.running for _, n in self._holding.get(r, []))
+        assert held - shared == self.kv.private, (held, shared, self.kv.private)
+        assert self._dec_blocks(self.it) == sum(
+            self.kv.blocks_for(a + self.it) for a in self._dec_a.values())
+        assert math.isclose(self._dec_sum_a, sum(self._dec_a.values()))

@@ -1,0 +1,190 @@
+"""A GPU node (one model replica, possibly several GPUs) as a SimPy-driven state machine.
+
+The node runs iterations back to back while it has work: ``batcher.plan`` picks what the next
+iteration computes, the cost model says how long it takes, and one SimPy event fires when it
+ends; ``batcher.apply`` then books the result and the next iteration starts at once. There is
+one event per iteration, never one per token or per request.
+
+**Fast-forward.** When an iteration is pure decode and nothing can join it, the same batch
+repeats until a request finishes or the KV cache fills; iteration ``j`` of such a run costs
+``alpha + beta * j`` (the decode context grows by one token per request per iteration, see
+``sim.model.cost``), so the whole run is one event at ``T(k) = k*alpha + beta*k*(k-1)/2``. If a
+request arrives that could join, the run is cut at the first iteration boundary at or after the
+arrival, exactly where stepping would have admitted it: the pending event is left to fire and
+ignored (its identity no longer matches), never interrupted. ``fast_forward=False`` steps every
+iteration instead; both give the same per-request times up to float rounding (tested).
+
+Node events are scheduled with a priority after SimPy's default, so requests arriving at the
+same instant as an iteration boundary join that boundary's plan in both modes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import simpy
+from simpy.events import Timeout
+
+from sim.metrics.recorder import Recorder
+from sim.model.batcher import ContinuousBatcher, Plan
+from sim.model.cost import CostModel
+
+#: SimPy priority of node events: after arrivals (NORMAL = 1) at the same instant.
+LATE = 2
+
+
+class LateTimeout(Timeout):
+    """A ``simpy.Timeout`` processed after same-time events of default priority."""
+
+    def __init__(self, env: simpy.Environment, delay: float, callback: Callable) -> None:
+        # Same initialisation as Timeout.__init__, with another priority.
+        self.env = env
+        self.callbacks = [callback]
+        self._value = None
+        self._delay = delay
+        self._ok = True
+        env.schedule(self, LATE, delay)
+
+
+class GpuNode:
+    """One serving engine: queue, batch, KV cache and clock."""
+
+    def __init__(self, env: simpy.Environment, node_id: int, batcher: ContinuousBatcher,
+                 cost: CostModel, recorder: Recorder, on_done: Callable[[int, int], None],
+                 fast_forward: bool = True):
+        self.env = env
+        self.node_id = node_id
+        self.batcher = batcher
+        self.cost = cost
+        self.recorder = recorder
+        self._runs = recorder.runs
+        self._states = recorder.states
+        self.on_done = on_done
+        self.fast_forward = fast_forward
+        self._pending: LateTimeout | None = None
+        self._plan: Plan | None = None
+        self._run_start = 0.0
+        self._iterations = 0
+        self._alpha = 0.0
+        self._beta = 0.0
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def submit(self, rid: int) -> None:
+        """Take a request routed here at the current time."""
+        now = self.env.now
+        batcher = self.batcher
+        if not batcher.enqueue(rid, now):
+            self.on_done(rid, self.node_id)
+            return
+        if self._pending is None:
+            # idle: an iteration starts now, after other events at this instant (and records)
+            self._pending = LateTimeout(self.env, 0.0, self._start_iteration)
+            return
+        self._record_state(now)
+        if self._iterations > 1 and batcher.can_take_new_work():
+            self._cut_run(now)
+
+    # -- telemetry --------------------------------------------------------------------------
+
+    def kv_used_blocks(self, now: float) -> int:
+        """Blocks in use now, counting decode growth inside a fast-forwarded run."""
+        if self._iterations <= 1 or self._plan is None:
+            return self.batcher.kv.used_blocks
+        return self.batcher.kv_used_during_run(self._iterations_started(now))
+
+    # -- the iteration loop -----------------------------------------------------------------
+
+    def _start_iteration(self, event: LateTimeout) -> None:
+        if event is not self._pending:
+            return
+        now = self.env.now
+        plan = self.batcher.plan(now)
+        if plan is None:
+            self._pending = None
+            self._plan = None
+            self._iterations = 0
+            self._record_state(now)
+            return
+        self._plan = plan
+        self._run_start = now
+        if plan.chunks:
+            self._iterations = 1
+            self._alpha = self.cost.step_s(plan.prefill_tokens, len(plan.chunks),
+                                           plan.prefill_pairs, plan.decode_batch,
+                                           plan.decode_ctx_sum)
+            self._beta = 0.0
+        else:
+            base, per_ctx = self.cost.decode_terms(plan.decode_batch)
+            self._alpha = base + per_ctx * plan.decode_ctx_sum
+            self._beta = per_ctx * plan.decode_batch
+            self._iterations = self.batcher.decode_run_limit() if self.fast_forward else 1
+        self._record_state(now)
+        self._pending = LateTimeout(self.env, self._run_time(self._iterations), self._end_iteration)
+
+    def _end_iteration(self, event: LateTimeout) -> None:
+        if event is not self._pending:
+            return
+        now = self.env.now
+        plan, k = self._plan, self._iterations
+        assert plan is not None
+        self._book_run(plan, k, now)
+        finished = self.batcher.apply(plan, k, now)
+        for rid in finished:
+            self.on_done(rid, self.node_id)
+        self._pending = event  # _start_iteration accepts the event it is handed
+        self._start_iteration(event)
+
+    def _run_time(self, k: int) -> float:
+        return k * self._alpha + self._beta * (k * (k - 1) // 2)
+
+    def _iterations_started(self, now: float) -> int:
+        """Iterations of the current run that have begun by ``now`` (at least 1)."""
+        elapsed = now - self._run_start
+        return min(self._iterations, self._iterations_done(elapsed) + 1)
+
+    def _iterations_done(self, elapsed: float) -> int:
+        """Largest j with T(j) <= elapsed, for the current run."""
+        alpha, beta = self._alpha, self._beta
+        if beta > 0.0:
+            # T(j) = beta/2 j^2 + (alpha - beta/2) j
+            b = alpha - beta / 2
+            j = int((-b + math.sqrt(b * b + 2 * beta * elapsed)) / beta)
+        else:
+            j = int(elapsed / alpha) if alpha > 0 else self._iterations
+        j = max(0, min(j, self._iterations))
+        while j > 0 and self._run_time(j) > elapsed:
+            j -= 1
+        while j < self._iterations and self._run_time(j + 1) <= elapsed:
+            j += 1
+        return j
+
+    def _cut_run(self, now: float) -> None:
+        """End the current decode run at the first iteration boundary at or after ``now``."""
+        elapsed = now - self._run_start
+        j = self._iterations_done(elapsed)
+        if j < self._iterations and self._run_time(j) < elapsed:
+            j += 1  # the iteration in progress completes first
+        j = max(j, 1)
+        if j >= self._iterations:
+            return
+        self._iterations = j
+        self._pending = LateTimeout(self.env, self._run_start + self._run_time(j) - now,
+                                    self._end_iteration)
+
+    # -- measurement ------------------------------------------------------------------------
+
+    def _book_run(self, plan: Plan, k: int, now: float) -> None:
+        """Append the run's row to the iteration log (``sim.metrics.recorder.RUN_COLUMNS``)."""
+        b = plan.decode_batch
+        self._runs.extend((self._run_start, now, self.node_id, k, b, len(plan.chunks),
+                           plan.prefill_tokens, plan.prefill_pairs,
+                           k * plan.decode_ctx_sum + b * (k * (k - 1) // 2),
+                           self._alpha, self._beta))
+
+    def _record_state(self, now: float) -> None:
+        """Append a change point (``sim.metrics.recorder.STATE_COLUMNS``)."""
+        b = self.batcher
+        self._states.extend((now, self.node_id, len(b.waiting), len(b.running),
+                             b.kv.total_blocks - b.kv.empty - b.kv.free_cached))

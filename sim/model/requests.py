@@ -1,0 +1,102 @@
+"""Per-request columns shared by the router, the nodes and the measurement pass.
+
+The workload's numpy columns are turned into Python lists once (list indexing is several times
+cheaper than numpy scalar indexing on the hot path). The same table holds the per-request
+records the run fills in: one slot per request, no per-request objects.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sim.workload.base import MAX_SEGMENT_KEY, OFFSET_BITS, Workload
+
+#: Request status codes in ``RequestTable.status``.
+UNFINISHED, COMPLETED, REJECTED, FAILED = 0, 1, 2, 3
+STATUS_NAMES = {UNFINISHED: "unfinished", COMPLETED: "completed", REJECTED: "rejected",
+                FAILED: "failed"}
+
+
+class RequestTable:
+    """Request inputs (from the workload) and per-request records (filled by the run)."""
+
+    def __init__(self, workload: Workload):
+        n = len(workload)
+        self.n = n
+        self.arrival_s: list[float] = workload.arrival_s.tolist()
+        self.prompt_tokens: list[int] = workload.prompt_tokens.tolist()
+        self.output_tokens: list[int] = workload.output_tokens.tolist()
+        self.max_output_tokens: list[int] = workload.max_output_tokens.tolist()
+        self.session_id: list[int] = workload.session_id.tolist()
+        self.prefix_group: list[int] = workload.prefix_group.tolist()
+        self._seg_ptr: list[int] = workload.seg_ptr.tolist()
+        self._seg_key: list[int] = workload.seg_key.tolist()
+        self._seg_len: list[int] = workload.seg_len.tolist()
+        self._output_key: list[int] = workload.output_key.tolist()
+        nan = math.nan
+        # records
+        self.node = [-1] * n
+        self.first_scheduled_s = [nan] * n
+        self.first_token_s = [nan] * n
+        self.finish_s = [nan] * n
+        self.status = [UNFINISHED] * n
+        self.preemptions = [0] * n
+        self.cached_tokens = [0] * n
+        self.recomputed_tokens = [0] * n
+        self.generated_tokens = [0] * n
+
+    def has_shareable_prefix(self, rid: int) -> bool:
+        """True when the first prompt segment may be shared with other requests."""
+        return self._seg_key[self._seg_ptr[rid]] >= 0
+
+    def prompt_spans(self, rid: int, block_size: int) -> list[tuple[int, int]]:
+        """The request's shareable full prompt blocks as ``(segment key, n_blocks)`` spans.
+
+        Block ``j`` of key ``K`` is the ``j``-th block whose last token lies in segment ``K``;
+        since keys are path-unique, ``(K, j)`` identifies the block and everything before it
+        (a chained block hash). Stops at the first unshareable segment.
+        """
+        return self._spans(rid, block_size, self.prompt_tokens[rid], own=False)
+
+    def sequence_spans(self, rid: int, block_size: int, n_tokens: int) -> list[tuple[int, int]]:
+        """Spans of the prompt followed by the generated tokens, when a later request reuses
+        them (a session's next turn); empty otherwise. ``n_tokens``: tokens with KV."""
+        if self._output_key[rid] < 0:
+            return []
+        return self._spans(rid, block_size, n_tokens, own=False)
+
+    def own_spans(self, rid: int, block_size: int, n_tokens: int) -> list[tuple[int, int]]:
+        """Spans of all full blocks of the first ``n_tokens`` tokens of the sequence.
+
+        Content unique to the request gets a private key (``MAX_SEGMENT_KEY + rid``), so that
+        after a preemption the request can hit the blocks it computed itself while they stay
+        cached, as in vLLM v1, where every full block is hashed.
+        """
+        return self._spans(rid, block_size, n_tokens, own=True)
+
+    def prompt_block_ids(self, rid: int, block_size: int) -> list[int]:
+        """One integer id per shareable full prompt block (``key << OFFSET_BITS | index``),
+        for strategies that track which blocks went where."""
+        return [(key << OFFSET_BITS) | j for key, n in self.prompt_spans(rid, block_size)
+                for j in range(n)]
+
+    def _spans(self, rid: int, bs: int, n_tokens: int, own: bool) -> list[tuple[int, int]]:
+        keys, lens = self._seg_key, self._seg_len
+        segments = [(keys[s], lens[s]) for s in range(self._seg_ptr[rid], self._seg_ptr[rid + 1])]
+        segments.append((self._output_key[rid], self.output_tokens[rid]))
+        spans = []
+        start = 0
+        for key, length in segments:
+            if key < 0:
+                if not own:
+                    break
+                # everything from here on is this request's own content: one private segment
+                key, length = MAX_SEGMENT_KEY + rid, n_tokens - start
+            end = min(start + length, n_tokens)
+            blocks = end // bs - start // bs
+            if blocks > 0:
+                spans.append((key, blocks))
+            if end >= n_tokens:
+                break
+            start += length
+        return spans

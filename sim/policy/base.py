@@ -1,0 +1,141 @@
+"""The strategy interface: what a routing strategy may see, and the one method it implements.
+
+A strategy is a decision over an immutable snapshot: ``choose(request, view) -> node id``. It
+never touches nodes and never records metrics. What it may read:
+
+* the request (``RequestInfo``): prompt tokens, ``max_output_tokens``, session, prefix group,
+  arrival time; exact. Never the true output length.
+* router-local counters (``ClusterView.inflight_requests``, ``inflight_tokens``: prompt + max
+  output of the requests this router dispatched that have not ended): always fresh.
+* node telemetry (``ClusterView.telemetry``: queued, running, KV blocks in use): refreshed every
+  ``telemetry_interval_s``, with its age in ``telemetry_age_s``.
+* static node facts (``ClusterView.nodes``: group, profile, limits, KV size): exact.
+* not available: future arrivals, node internals.
+
+Randomness comes only from the injected ``numpy.random.Generator``. Parameters are a pydantic
+model (``Params``) validated when the scenario loads. Register a strategy with
+``@strategies.register("name")``; the contract test in ``tests/`` then covers it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import numpy as np
+
+from sim.registry import Registry
+from sim.spec import StrictModel
+
+
+class RequestInfo(NamedTuple):
+    """A request as the router sees it at arrival."""
+
+    request_id: int
+    arrival_s: float
+    prompt_tokens: int
+    max_output_tokens: int
+    session_id: int  # -1: none
+    prefix_group: int  # -1: none
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """Static facts about a node, known to the router from the deployment."""
+
+    node_id: int
+    group: str
+    profile: str
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    kv_total_blocks: int
+    block_size_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """Signals the nodes reported at ``taken_at_s`` (one entry per node)."""
+
+    taken_at_s: float
+    queued: tuple[int, ...]
+    running: tuple[int, ...]
+    kv_used_blocks: tuple[int, ...]
+
+
+class ClusterView(NamedTuple):
+    """Immutable snapshot handed to ``Strategy.choose``; per-node tuples indexed by node id.
+
+    (A named tuple rather than a frozen dataclass: one is built per routing decision, and a
+    tuple is several times cheaper to create.)
+    """
+
+    now_s: float
+    nodes: tuple[NodeInfo, ...]
+    accepting: tuple[bool, ...]
+    inflight_requests: tuple[int, ...]
+    inflight_tokens: tuple[int, ...]
+    telemetry: Telemetry
+    #: ``prompt_block_ids(request_id, block_size)``: the request's shareable prompt block ids
+    prompt_block_ids: Callable[[int, int], list[int]]
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of nodes in the cluster."""
+        return len(self.nodes)
+
+    @property
+    def telemetry_age_s(self) -> float:
+        """How old the node-reported signals are."""
+        return self.now_s - self.telemetry.taken_at_s
+
+    def accepting_ids(self) -> list[int]:
+        """Ids of the nodes that take new requests, ascending."""
+        return [i for i, ok in enumerate(self.accepting) if ok]
+
+    def kv_utilization(self, node_id: int) -> float:
+        """Reported fraction of the node's KV blocks in use, in [0, 1]."""
+        return self.telemetry.kv_used_blocks[node_id] / self.nodes[node_id].kv_total_blocks
+
+    def queue_length(self, node_id: int) -> int:
+        """Reported requests waiting or running on the node."""
+        return self.telemetry.queued[node_id] + self.telemetry.running[node_id]
+
+
+class StrategyParams(StrictModel):
+    """Per-strategy parameters; unknown keys are an error."""
+
+
+class Strategy(abc.ABC):
+    """Chooses a node for each arriving request."""
+
+    Params: ClassVar[type[StrategyParams]] = StrategyParams
+    registered_name: ClassVar[str] = ""
+
+    def __init__(self, params: StrategyParams, rng: np.random.Generator) -> None:
+        self.params = params
+        self.rng = rng
+
+    @abc.abstractmethod
+    def choose(self, request: RequestInfo, view: ClusterView) -> int:
+        """Return the id of an accepting node of ``view``."""
+
+    def on_dispatch(self, request: RequestInfo, node_id: int, now_s: float) -> None:  # noqa: B027
+        """Called after the router commits ``request`` to ``node_id``."""
+
+    def on_finish(self, request_id: int, node_id: int, now_s: float) -> None:  # noqa: B027
+        """Called when a request leaves ``node_id`` (completed, rejected or failed)."""
+
+
+strategies: Registry[type[Strategy]] = Registry("strategy")
+
+
+def argmin_random_tie(values: tuple[int, ...] | list[float], candidates: list[int],
+                      rng: np.random.Generator) -> int:
+    """The candidate with the smallest value; ties broken uniformly with ``rng``."""
+    best = min(values[i] for i in candidates)
+    ties = [i for i in candidates if values[i] == best]
+    if len(ties) == 1:
+        return ties[0]
+    return ties[int(rng.integers(len(ties)))]

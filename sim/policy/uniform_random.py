@@ -1,0 +1,18 @@
+"""Uniform random choice among the accepting nodes."""
+
+from __future__ import annotations
+
+from sim.policy.base import ClusterView, RequestInfo, Strategy, strategies
+
+
+@strategies.register("random")
+class UniformRandom(Strategy):
+    """Pick an accepting node uniformly at random.
+
+    With Poisson arrivals the nodes are independent queues, each fed by a thinned Poisson
+    stream (c independent M/M/1 queues for exponential service).
+    """
+
+    def choose(self, request: RequestInfo, view: ClusterView) -> int:
+        ids = view.accepting_ids()
+        return ids[int(self.rng.integers(len(ids)))]

@@ -1,0 +1,178 @@
+"""vLLM-style iteration planning: chunked prefill, batch limits, preemption, prefix hits."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim.model.batcher import BatcherConfig, ContinuousBatcher
+from sim.model.kv_cache import KVCache
+from sim.model.requests import COMPLETED, REJECTED, RequestTable
+from sim.workload.base import Workload, unique_prompt_workload
+
+
+def make(prompts, outputs, *, blocks=1000, bs=16, seqs=8, budget=512, chunked=True,
+         max_len=None, max_out=None):
+    n = len(prompts)
+    wl = unique_prompt_workload(np.zeros(n), np.array(prompts), np.array(outputs),
+                                None if max_out is None else np.array(max_out))
+    table = RequestTable(wl)
+    kv = KVCache(blocks, bs)
+    return table, ContinuousBatcher(kv, table, BatcherConfig(seqs, budget, chunked, max_len))
+
+
+def step(b: ContinuousBatcher, now: float, k: int = 1):
+    plan = b.plan(now)
+    if plan is None:
+        return None, []
+    return plan, b.apply(plan, k, now)
+
+
+def test_long_prompt_is_chunked_by_the_token_budget():
+    """A 250-token prompt under a 100-token budget takes three iterations, then decodes."""
+    table, b = make([250], [3], budget=100, seqs=4)
+    b.enqueue(0, 0.0)
+    chunks = []
+    for t in (1.0, 2.0, 3.0):
+        plan, _ = step(b, t)
+        chunks.append([(c[1], c[2]) for c in plan.chunks])
+    assert chunks == [[(100, 0)], [(100, 100)], [(50, 200)]]
+    assert table.first_token_s[0] == 3.0
+    plan, done = step(b, 4.0)
+    assert (plan.decode_batch, plan.decode_ctx_sum, done) == (1, 251, [])
+    plan, done = step(b, 5.0)
+    assert done == [0] and table.finish_s[0] == 5.0 and table.status[0] == COMPLETED
+    b.check_invariants()
+
+
+def test_prefill_pairs_count_causal_attention_work():
+    """A chunk of c tokens after k cached ones attends c*k + c(c+1)/2 pairs."""
+    _, b = make([250], [3], budget=100)
+    b.enqueue(0, 0.0)
+    plan1, _ = step(b, 1.0)
+    plan2, _ = step(b, 2.0)
+    assert plan1.prefill_pairs == 100 * 101 // 2
+    assert plan2.prefill_pairs == 100 * 100 + 100 * 101 // 2
+
+
+def test_batch_size_limit_holds_requests_back():
+    """With max_num_seqs=2 the third request waits until one of the first two finishes."""
+    table, b = make([10, 10, 10], [2, 5, 2], seqs=2)
+    for rid in range(3):
+        b.enqueue(rid, 0.0)
+    plan, _ = step(b, 1.0)
+    assert [c[0] for c in plan.chunks] == [0, 1]
+    plan, done = step(b, 2.0)       # decode: request 0 emits its 2nd token and finishes
+    assert done == [0] and not plan.chunks
+    plan, _ = step(b, 3.0)          # now request 2 is admitted beside request 1's decode
+    assert [c[0] for c in plan.chunks] == [2] and plan.decode_batch == 1
+    assert table.first_scheduled_s[2] == 3.0
+
+
+def test_without_chunking_a_prompt_that_does_not_fit_the_budget_waits():
+    """Without chunked prefill the queue head waits for a step with enough budget."""
+    _, b = make([40, 100], [5, 5], budget=120, chunked=False)
+    b.enqueue(0, 0.0)
+    step(b, 1.0)                     # request 0 prefills (40 tokens)
+    b.enqueue(1, 1.5)
+    plan, _ = step(b, 2.0)           # 1 decode token + 100 prefill tokens <= 120
+    assert [c[:2] for c in plan.chunks] == [(1, 100)]
+
+
+def test_request_that_can_never_fit_is_rejected():
+    """Prompt plus max output beyond the KV cache (or max_model_len) is rejected at once."""
+    table, b = make([100, 10], [10, 10], blocks=5, bs=16)   # 80 tokens of KV
+    assert b.enqueue(0, 2.5) is False
+    assert (table.status[0], table.finish_s[0]) == (REJECTED, 2.5)
+    assert b.enqueue(1, 2.5) is True
+    _, b2 = make([10], [10], max_len=15)
+    assert b2.enqueue(0, 0.0) is False
+
+
+def test_kv_exhaustion_preempts_newest_and_recomputes_it():
+    """When decode growth runs out of blocks the newest request is preempted and recomputed."""
+    # 8 blocks of 4 tokens = 32 tokens; two requests of 8 + 12 tokens cannot both finish
+    table, b = make([8, 8], [12, 12], blocks=8, bs=4, budget=64)
+    b.enqueue(0, 0.0)
+    b.enqueue(1, 0.0)
+    now, finished = 0.0, []
+    while len(finished) < 2 and now < 100:
+        now += 1.0
+        _, done = step(b, now)
+        finished += done
+        b.check_invariants()
+    assert finished == [0, 1]
+    assert table.preemptions == [0, 1]
+    assert table.generated_tokens == [12, 12]
+    assert table.recomputed_tokens[1] > 0
+    assert b.preemption_gaps and b.preemption_gaps[0][1] > 0
+
+
+def shared_prefix_workload(n: int, prefix: int, own: int) -> Workload:
+    """n requests that share the first ``prefix`` tokens (segment key 5), then own tokens."""
+    return Workload(
+        arrival_s=np.zeros(n), prompt_tokens=np.full(n, prefix + own),
+        output_tokens=np.full(n, 4), max_output_tokens=np.full(n, 4),
+        session_id=np.full(n, -1), prefix_group=np.zeros(n, dtype=np.int64),
+        seg_ptr=np.arange(0, 2 * n + 1, 2), seg_key=np.tile([5, -1], n),
+        seg_len=np.tile([prefix, own], n), output_key=np.full(n, -1),
+        expected_rate_rps=1.0)
+
+
+def test_second_request_hits_the_published_prefix():
+    """A request admitted after another's prefill reuses the shared prefix blocks."""
+    table = RequestTable(shared_prefix_workload(2, prefix=100, own=30))
+    b = ContinuousBatcher(KVCache(100, 16), table, BatcherConfig(8, 512, True, None))
+    b.enqueue(0, 0.0)
+    step(b, 1.0)
+    b.enqueue(1, 1.0)
+    plan, _ = step(b, 2.0)
+    assert table.cached_tokens == [0, 96]        # 6 full blocks of the 100-token prefix
+    assert plan.chunks == [(1, 130 - 96, 96)]
+    assert b.kv.used_blocks == 9 + 3             # 9 blocks of request 0, 3 new for request 1
+
+
+def test_whole_prompt_cached_still_computes_one_token():
+    """A prompt fully in cache recomputes its last block: hits stop before the last token."""
+    wl = Workload(arrival_s=np.zeros(2), prompt_tokens=np.full(2, 64),
+                  output_tokens=np.full(2, 4), max_output_tokens=np.full(2, 4),
+                  session_id=np.full(2, -1), prefix_group=np.zeros(2, dtype=np.int64),
+                  seg_ptr=np.arange(3), seg_key=np.full(2, 5), seg_len=np.full(2, 64),
+                  output_key=np.full(2, -1), expected_rate_rps=1.0)
+    wl.validate()
+    table = RequestTable(wl)
+    b = ContinuousBatcher(KVCache(100, 16), table, BatcherConfig(8, 512, True, None))
+    b.enqueue(0, 0.0)
+    step(b, 1.0)
+    b.enqueue(1, 1.0)
+    plan, _ = step(b, 2.0)
+    assert table.cached_tokens[1] == 48          # (64 - 1) // 16 = 3 blocks
+    assert plan.chunks == [(1, 16, 48)]
+
+
+@settings(max_examples=60)
+@given(prompts=st.lists(st.integers(1, 90), min_size=1, max_size=12),
+       outputs=st.lists(st.integers(1, 40), min_size=12, max_size=12),
+       blocks=st.integers(12, 60), seqs=st.integers(1, 6), budget=st.integers(6, 80),
+       chunked=st.booleans(), jumps=st.lists(st.integers(1, 50), min_size=400, max_size=400))
+def test_random_workloads_finish_with_consistent_books(prompts, outputs, blocks, seqs, budget,
+                                                       chunked, jumps):
+    """Any workload drains: every request is rejected or completes all its tokens, and the
+    block accounting is consistent after every iteration and decode run."""
+    n = len(prompts)
+    table, b = make(prompts, outputs[:n], blocks=blocks, bs=4, seqs=seqs,
+                    budget=max(budget, seqs), chunked=chunked)
+    accepted = [rid for rid in range(n) if b.enqueue(rid, 0.0)]
+    now, done = 0.0, []
+    for jump in jumps:
+        plan = b.plan(now)
+        if plan is None:
+            break
+        k = min(jump, b.decode_run_limit()) if not plan.chunks else 1
+        now += 1.0
+        done += b.apply(plan, k, now)
+        b.check_invariants()
+    assert sorted(done) == accepted
+    assert b.is_idle() and b.kv.used_blocks == 0
+    assert all(table.generated_tokens[r] == table.output_tokens[r] for r in accepted)
