@@ -1,0 +1,80 @@
+"""The library behind ``simlb run`` and ``simlb validate``: load, resolve, run, write."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import simpy
+
+import sim
+from sim.build import ResolvedScenario, resolve
+from sim.results import check_writable, run_dir, write_run
+from sim.runner import Progress, RunResult, simulate, workload_for
+from sim.scenario import apply_override, parse_scenario, read_raw
+
+#: (label, replication) -> progress callback, or None
+ProgressFactory = Callable[[str, int], Progress | None]
+
+
+def load(path: Path, overrides: Sequence[str] = (), *, seed: int | None = None,
+         replications: int | None = None, strategies: Sequence[str] = ()) -> ResolvedScenario:
+    """Read, override, validate and resolve a scenario file; raises ``InputError`` subclasses."""
+    raw = read_raw(path)
+    for assignment in overrides:
+        try:
+            apply_override(raw, assignment)
+        except Exception as exc:  # re-raised with the file named
+            from sim.errors import ScenarioError
+            raise ScenarioError(str(exc), source=str(path)) from None
+    if seed is not None:
+        raw["seed"] = seed
+    if replications is not None:
+        raw["replications"] = replications
+    scenario = parse_scenario(raw, str(path))
+    return resolve(scenario, str(path), path.resolve().parent, tuple(strategies))
+
+
+def run_all(resolved: ResolvedScenario, out: Path, *, force: bool = False,
+            progress: ProgressFactory | None = None) -> list[RunResult]:
+    """Run every chosen strategy on every replication and write the result directories."""
+    sc = resolved.scenario
+    reps = range(sc.replications)
+    targets = [run_dir(out, sc.name, c.label, sc.seed + k)
+               for k in reps for c in resolved.strategies]
+    check_writable(targets, force)
+    results = []
+    for k in reps:
+        workload = workload_for(resolved, k)
+        for choice in resolved.strategies:
+            cb = progress(choice.label, k) if progress else None
+            result = simulate(resolved, choice, k, workload, cb)
+            _write(resolved, result, out, force)
+            results.append(result)
+    return results
+
+
+def _write(resolved: ResolvedScenario, result: RunResult, out: Path, force: bool) -> None:
+    sc = resolved.scenario
+    from sim.metrics.summary import RunData  # noqa: F401  (documentation of what timeline reads)
+
+    scenario = sc.model_dump(mode="json")
+    scenario["run"] = {"strategy": result.label, "replication": result.replication,
+                       "seed": result.seed, "source": resolved.source}
+    n = len(result.requests["arrival_s"])
+    meta = {
+        "simlb_version": sim.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "simpy": simpy.__version__,
+        "wall_s": result.wall_s,
+        "events": result.events,
+        "requests": n,
+        "requests_per_wall_s": n / result.wall_s if result.wall_s > 0 else None,
+        "events_per_wall_s": result.events / result.wall_s if result.wall_s > 0 else None,
+    }
+    write_run(run_dir(out, sc.name, result.label, result.seed), scenario=scenario,
+              summary=result.summary, requests=result.requests, nodes=result.node_states,
+              timeline=result.timeline, meta=meta, force=force)

@@ -1,0 +1,121 @@
+"""The ``simlb`` command line. Commands only parse arguments and call the library.
+
+Bad input (a scenario, override, profile or name) prints one line and exits with code 2;
+a simulation failure exits with code 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sim.errors import InputError, SimulationError
+
+
+def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except InputError as exc:
+            click.echo(f"simlb: error: {exc}", err=True)
+            sys.exit(2)
+        except SimulationError as exc:
+            click.echo(f"simlb: simulation failed: {exc}", err=True)
+            sys.exit(1)
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="simlb")
+def main() -> None:
+    """simlb: compare load-balancing strategies on a simulated LLM inference cluster."""
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option("--strategy", "strategies", multiple=True, metavar="NAME",
+              help="Run only this strategy (a label or name from the scenario, or any "
+                   "registered strategy with default parameters). Repeatable.")
+@click.option("--seed", type=click.IntRange(min=0), help="Root seed (overrides the scenario).")
+@click.option("--replications", type=click.IntRange(min=1),
+              help="Replications (seeds seed..seed+N-1).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a scenario field, e.g. --set cluster.node_groups.0.count=4.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"),
+              show_default=True, help="Folder for the result directories.")
+@click.option("--force", is_flag=True, help="Replace existing result directories.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
+@_handle_errors
+def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
+        replications: int | None, overrides: tuple[str, ...], out: Path, force: bool,
+        quiet: bool, as_json: bool) -> None:
+    """Simulate SCENARIO once per strategy and replication, and compare them."""
+    from rich.console import Console
+
+    from sim import app
+    from sim.console import comparison_table, progress_bars
+
+    resolved = app.load(scenario, overrides, seed=seed, replications=replications,
+                        strategies=strategies)
+    console = Console(stderr=True)
+    with progress_bars(console, enabled=not quiet and not as_json) as factory:
+        results = app.run_all(resolved, out, force=force, progress=factory)  # type: ignore[arg-type]
+    if as_json:
+        click.echo(json.dumps({f"{r.label}/seed-{r.seed}": r.summary for r in results},
+                              indent=2, sort_keys=True, default=str))
+        return
+    out_console = Console() if sys.stdout.isatty() else Console(width=200)
+    out_console.print(comparison_table(results, f"{resolved.scenario.name}: "
+                                              f"{len(resolved.node_specs)} nodes"))
+    click.echo(f"results: {out / resolved.scenario.name}/<strategy>/seed-<k>/")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_handle_errors
+def validate(files: tuple[Path, ...]) -> None:
+    """Check scenario FILES (schema, names, parameters, profiles) without running them."""
+    from sim import app
+
+    failed = 0
+    for path in files:
+        try:
+            resolved = app.load(path)
+        except InputError as exc:
+            click.echo(f"simlb: error: {exc}", err=True)
+            failed += 1
+            continue
+        sc = resolved.scenario
+        click.echo(f"{path}: ok ({sc.n_nodes} nodes, {len(resolved.strategies)} strategies, "
+                   f"{sc.duration_s:g} s)")
+    if failed:
+        sys.exit(2)
+
+
+@main.command(name="strategies")
+@click.option("--params", is_flag=True, help="Show each strategy's parameters (JSON schema).")
+def list_strategies(params: bool) -> None:
+    """List the registered routing strategies."""
+    import sim.policy  # noqa: F401
+    from sim.policy.base import strategies
+
+    for name in strategies.names():
+        cls = strategies.get(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        click.echo(f"{name:16s} {doc}")
+        if params:
+            schema = cls.Params.model_json_schema().get("properties", {})
+            for field, spec in schema.items():
+                click.echo(f"{'':16s}   {field}: {json.dumps(spec)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,314 @@
+"""From the records of one run to the numbers users compare. Pure functions over numpy columns.
+
+Definitions (``a``, ``b``: the measurement window ``[warmup_s, duration_s)``; *measured*
+requests are those arriving in it; latencies are over measured requests that completed):
+
+* TTFT = first_token_s - arrival_s; E2E = finish_s - arrival_s; queueing = first_scheduled_s -
+  arrival_s (time until the first iteration that works on the request).
+* TPOT = (finish_s - first_token_s) / (output_tokens - 1), for requests with >= 2 output tokens.
+* ITL: the time between consecutive tokens of a request, one sample per decode token generated
+  in the window (the duration of the iteration that produced it, plus the gap a preemption
+  caused); from a log histogram, so quantiles are within 0.5 %.
+* Throughput: requests completing in the window per second; output tokens generated in the
+  window per second. Goodput: requests completing in the window that met every SLO, per second.
+  SLO attainment: the fraction of measured completed requests meeting each SLO.
+* Cache hit rate: prompt tokens served from the prefix cache at first admission over all prompt
+  tokens of measured admitted requests.
+* Utilisation of node ``i`` in the window, in five senses: ``busy`` (fraction of time running
+  iterations; near 1 for any loaded continuous-batching node), ``token_share`` (its share of all
+  tokens processed), ``kv_occupancy`` (time-weighted KV blocks in use / capacity),
+  ``batch_occupancy`` (time-weighted running requests / max_num_seqs) and ``mfu`` (model FLOPs /
+  peak FLOPs). For each: CV = std/mean over nodes (population std) and imbalance ratio =
+  (max - min) / max. The grade uses the CV of the sense named in ``grade.sense``: Excellent
+  < 0.1, Good < 0.2, Fair < 0.3, else Poor.
+* Little's law check: L = time-average number of requests in the system (all nodes, waiting +
+  running) over the window; lambda = arrivals in the window per second; W = mean E2E of the
+  measured completed requests. L / (lambda W) is 1 for a stationary run without rejections.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.metrics.recorder import LogHistogram
+from sim.model.requests import COMPLETED, FAILED, REJECTED, UNFINISHED
+
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p99.9": 0.999}
+GRADES = ((0.1, "Excellent"), (0.2, "Good"), (0.3, "Fair"))
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything one run recorded, as numpy columns."""
+
+    requests: dict[str, np.ndarray]
+    states: dict[str, np.ndarray]
+    runs: dict[str, np.ndarray]
+    itl: LogHistogram
+    max_num_seqs: np.ndarray
+    kv_total_blocks: np.ndarray
+    peak_flops: np.ndarray
+    window_s: tuple[float, float]
+    end_s: float
+    slo: dict[str, float | None]
+    grade_on: str
+    extrapolated_steps: int
+    kv_evictions: int
+
+
+def distribution(x: np.ndarray) -> dict[str, float | None]:
+    """Mean, max and the standard percentiles of ``x`` (None when empty)."""
+    if x.size == 0:
+        return dict.fromkeys(("mean", "max", *QUANTILES))
+    qs = np.percentile(x, [100 * q for q in QUANTILES.values()])
+    out: dict[str, float | None] = {k: float(v) for k, v in zip(QUANTILES, qs, strict=True)}
+    out["mean"] = float(x.mean())
+    out["max"] = float(x.max())
+    return out
+
+
+def balance(values: np.ndarray) -> dict[str, object]:
+    """Per-node values with their CV and imbalance ratio."""
+    mean = float(values.mean()) if values.size else math.nan
+    cv = float(values.std() / mean) if mean > 0 else 0.0
+    top = float(values.max()) if values.size else 0.0
+    imbalance = float((top - values.min()) / top) if top > 0 else 0.0
+    return {"per_node": [float(v) for v in values], "mean": mean, "cv": cv,
+            "imbalance": imbalance}
+
+
+def grade(cv: float) -> str:
+    """The balance grade of a coefficient of variation."""
+    for limit, name in GRADES:
+        if cv < limit:
+            return name
+    return "Poor"
+
+
+def spread(starts: np.ndarray, ends: np.ndarray, amounts: np.ndarray,
+           edges: np.ndarray) -> np.ndarray:
+    """Sum ``amounts`` spread uniformly over ``[start, end)`` into the bins between ``edges``.
+
+    Zero-length intervals put their whole amount at ``start``. Exact, O((n + bins) log n).
+    """
+    if starts.size == 0:
+        return np.zeros(edges.size - 1)
+    dur = ends - starts
+    point = dur <= 0
+    rate = np.where(point, 0.0, amounts / np.where(point, 1.0, dur))
+    # cumulative amount A(x) = sum rate * (clip(x, s, e) - s) + point masses at or before x
+    times = np.concatenate([starts[~point], ends[~point]])
+    slopes = np.concatenate([rate[~point], -rate[~point]])
+    order = np.argsort(times, kind="stable")
+    times, slopes = times[order], slopes[order]
+    slope_cum = np.cumsum(slopes)
+    area = np.concatenate([[0.0], np.cumsum(slope_cum[:-1] * np.diff(times))]) if times.size \
+        else np.zeros(0)
+    k = np.searchsorted(times, edges, side="right") - 1
+    valid = k >= 0
+    cum = np.zeros(edges.size)
+    cum[valid] = area[k[valid]] + slope_cum[k[valid]] * (edges[valid] - times[k[valid]])
+    if point.any():
+        pts = np.sort(starts[point])
+        cum_pts = np.concatenate([[0.0], np.cumsum(amounts[point][np.argsort(starts[point],
+                                                                             kind="stable")])])
+        cum += cum_pts[np.searchsorted(pts, edges, side="left")]
+    return np.diff(cum)
+
+
+def step_integral(t: np.ndarray, v: np.ndarray, end_s: float, edges: np.ndarray) -> np.ndarray:
+    """Integrals of a right-continuous step function between ``edges``.
+
+    The function is 0 before ``t[0]``, ``v[k]`` on ``[t[k], t[k+1])`` and ``v[-1]`` until
+    ``end_s``.
+    """
+    if t.size == 0:
+        return np.zeros(edges.size - 1)
+    return spread(t, np.append(t[1:], end_s), v * (np.append(t[1:], end_s) - t), edges)
+
+
+def _latencies(req: dict[str, np.ndarray], measured: np.ndarray) -> dict[str, np.ndarray]:
+    done = measured & (req["status"] == COMPLETED)
+    arrival = req["arrival_s"][done]
+    out = req["output_tokens"][done]
+    first = req["first_token_s"][done]
+    finish = req["finish_s"][done]
+    multi = out > 1
+    return {
+        "ttft": first - arrival,
+        "e2e": finish - arrival,
+        "queueing": req["first_scheduled_s"][done] - arrival,
+        "tpot": (finish[multi] - first[multi]) / (out[multi] - 1),
+    }
+
+
+def _slo_mask(lat: dict[str, np.ndarray], req: dict[str, np.ndarray], done: np.ndarray,
+              slo: dict[str, float | None]) -> tuple[np.ndarray, dict[str, float | None]]:
+    """Per measured completed request: did it meet every SLO; and attainment per SLO."""
+    n = int(done.sum())
+    ok = np.ones(n, dtype=bool)
+    attainment: dict[str, float | None] = {}
+    out = req["output_tokens"][done]
+    tpot_full = np.zeros(n)
+    multi = out > 1
+    tpot_full[multi] = lat["tpot"]
+    for key, values in (("ttft_s", lat["ttft"]), ("tpot_s", tpot_full), ("e2e_s", lat["e2e"])):
+        limit = slo.get(key)
+        if limit is None:
+            continue
+        met = values <= limit
+        ok &= met
+        attainment[key] = float(met.mean()) if n else None
+    attainment["all"] = float(ok.mean()) if n else None
+    return ok, attainment
+
+
+def _counts(status: np.ndarray) -> dict[str, int]:
+    return {"arrived": int(status.size), "completed": int((status == COMPLETED).sum()),
+            "rejected": int((status == REJECTED).sum()), "failed": int((status == FAILED).sum()),
+            "unfinished": int((status == UNFINISHED).sum())}
+
+
+def _node_utilisation(data: RunData) -> dict[str, np.ndarray]:
+    a, b = data.window_s
+    edges = np.array([a, b])
+    length = b - a
+    n = data.max_num_seqs.size
+    runs, states = data.runs, data.states
+    out = {k: np.zeros(n) for k in ("busy", "tokens", "flops", "kv", "running", "waiting")}
+    for node in range(n):
+        r = runs["node"] == node
+        s, e = runs["start_s"][r], runs["end_s"][r]
+        out["busy"][node] = spread(s, e, e - s, edges)[0] / length
+        tokens = (runs["decode_tokens"][r] + runs["prefill_tokens"][r]).astype(float)
+        out["tokens"][node] = spread(s, e, tokens, edges)[0]
+        out["flops"][node] = spread(s, e, runs["flops"][r], edges)[0]
+        m = states["node"] == node
+        t = states["t_s"][m]
+        for key, col in (("kv", "kv_used_blocks"), ("running", "running"),
+                         ("waiting", "waiting")):
+            out[key][node] = step_integral(t, states[col][m].astype(float), data.end_s,
+                                           edges)[0] / length
+    return out
+
+
+def _utilisation(data: RunData, util: dict[str, np.ndarray]) -> dict[str, object]:
+    length = data.window_s[1] - data.window_s[0]
+    total_tokens = util["tokens"].sum()
+    senses = {
+        "busy": util["busy"],
+        "token_share": util["tokens"] / total_tokens if total_tokens > 0 else util["tokens"],
+        "kv_occupancy": util["kv"] / data.kv_total_blocks,
+        "batch_occupancy": util["running"] / data.max_num_seqs,
+        "mfu": util["flops"] / (data.peak_flops * length),
+    }
+    out: dict[str, object] = {k: balance(v) for k, v in senses.items()}
+    cv = out[data.grade_on]["cv"]  # type: ignore[index]
+    out["grade"] = {"sense": data.grade_on, "cv": cv,
+                    "imbalance": out[data.grade_on]["imbalance"],  # type: ignore[index]
+                    "grade": grade(cv)}
+    return out
+
+
+def summarize(data: RunData) -> dict[str, object]:
+    """The summary of one run (deterministic: same records, same dict)."""
+    req = data.requests
+    a, b = data.window_s
+    length = b - a
+    arrival = req["arrival_s"]
+    measured = (arrival >= a) & (arrival < b)
+    done = measured & (req["status"] == COMPLETED)
+    lat = _latencies(req, measured)
+    meets, attainment = _slo_mask(lat, req, done, data.slo)
+    finish = req["finish_s"]
+    completes_in_window = (req["status"] == COMPLETED) & (finish >= a) & (finish < b)
+    good_in_window = completes_in_window.copy()
+    good_in_window[np.flatnonzero(done)[~meets]] = False
+    # requests measured-completed but finishing after the window count only in attainment
+    first_in_window = np.isfinite(req["first_token_s"]) & (req["first_token_s"] >= a) & (
+        req["first_token_s"] < b)
+    runs = data.runs
+    win = np.array([a, b])
+    decode_in_window = spread(runs["start_s"], runs["end_s"],
+                              runs["decode_tokens"].astype(float), win)[0]
+    prefill_in_window = spread(runs["start_s"], runs["end_s"],
+                               runs["prefill_tokens"].astype(float), win)[0]
+    util = _node_utilisation(data)
+    admitted = measured & np.isfinite(req["first_scheduled_s"])
+    prompt_admitted = int(req["prompt_tokens"][admitted].sum())
+    cached = int(req["cached_tokens"][admitted].sum())
+    in_system = float(util["running"].sum() + util["waiting"].sum())
+    lam = float(measured.sum()) / length
+    w = float(lat["e2e"].mean()) if lat["e2e"].size else math.nan
+    return {
+        "requests": {**_counts(req["status"]), "measured": _counts(req["status"][measured])},
+        "latency_s": {k: distribution(v) for k, v in lat.items()}
+        | {"itl": _itl(data.itl)},
+        "throughput": {
+            "offered_rps": lam,
+            "completed_rps": float(completes_in_window.sum()) / length,
+            "goodput_rps": float(good_in_window.sum()) / length,
+            "output_tokens_per_s": (decode_in_window + float(first_in_window.sum())) / length,
+            "prefill_tokens_per_s": prefill_in_window / length,
+        },
+        "slo": {"targets": {k: v for k, v in data.slo.items() if v is not None},
+                "attainment": attainment},
+        "cache": {"hit_rate": cached / prompt_admitted if prompt_admitted else 0.0,
+                  "cached_prompt_tokens": cached, "prompt_tokens": prompt_admitted,
+                  "evicted_blocks": data.kv_evictions},
+        "preemptions": {"total": int(req["preemptions"].sum()),
+                        "requests_preempted": int((req["preemptions"] > 0).sum()),
+                        "recomputed_tokens": int(req["recomputed_tokens"].sum())},
+        "utilization": _utilisation(data, util),
+        "littles_law": {"L": in_system, "lambda_rps": lam, "W_s": w,
+                        "ratio": in_system / (lam * w) if lam > 0 and w > 0 else None},
+        "model": {"window_s": [a, b], "end_s": data.end_s,
+                  "extrapolated_steps": data.extrapolated_steps},
+    }
+
+
+def _itl(hist: LogHistogram) -> dict[str, float | None]:
+    if hist.total == 0:
+        return dict.fromkeys(("mean", *QUANTILES))
+    values = hist.quantiles(list(QUANTILES.values()))
+    out: dict[str, float | None] = dict(zip(QUANTILES, values, strict=True))
+    out["mean"] = hist.mean()
+    out["samples"] = float(hist.total)
+    return out
+
+
+def timeline(data: RunData, bucket_s: float) -> dict[str, np.ndarray]:
+    """Per node and time bucket: busy fraction, tokens per second, KV and batch occupancy,
+    mean running and waiting requests (the over-time series behind the report's figures)."""
+    n = data.max_num_seqs.size
+    end = max(data.end_s, bucket_s)
+    edges = np.arange(0.0, end + bucket_s, bucket_s)
+    width = np.diff(edges)
+    runs, states = data.runs, data.states
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in (
+        "node", "t_s", "busy", "prefill_tokens_per_s", "decode_tokens_per_s", "kv_occupancy",
+        "batch_occupancy", "running", "waiting")}
+    for node in range(n):
+        r = runs["node"] == node
+        s, e = runs["start_s"][r], runs["end_s"][r]
+        m = states["node"] == node
+        t = states["t_s"][m]
+        cols["node"].append(np.full(width.size, node, dtype=np.int64))
+        cols["t_s"].append(edges[:-1])
+        cols["busy"].append(spread(s, e, e - s, edges) / width)
+        cols["prefill_tokens_per_s"].append(
+            spread(s, e, runs["prefill_tokens"][r].astype(float), edges) / width)
+        cols["decode_tokens_per_s"].append(
+            spread(s, e, runs["decode_tokens"][r].astype(float), edges) / width)
+        running = step_integral(t, states["running"][m].astype(float), data.end_s, edges) / width
+        cols["running"].append(running)
+        cols["batch_occupancy"].append(running / data.max_num_seqs[node])
+        cols["waiting"].append(
+            step_integral(t, states["waiting"][m].astype(float), data.end_s, edges) / width)
+        cols["kv_occupancy"].append(
+            step_integral(t, states["kv_used_blocks"][m].astype(float), data.end_s, edges)
+            / width / data.kv_total_blocks[node])
+    return {k: np.concatenate(v) for k, v in cols.items()}

@@ -1,0 +1,179 @@
+"""Run a resolved scenario: one simulation per strategy and replication.
+
+Replication ``k`` uses seed ``scenario.seed + k`` for the workload and for every component, so
+all strategies of one replication see exactly the same requests (common random numbers, which
+makes paired comparisons between strategies much tighter).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from sim.build import ResolvedScenario, StrategyChoice
+from sim.metrics.recorder import LogHistogram, Recorder
+from sim.metrics.summary import RunData, summarize, timeline
+from sim.model.cluster import Cluster
+from sim.model.requests import RequestTable
+from sim.model.router import Router
+from sim.rng import stream
+from sim.workload.base import Workload
+from sim.workload.spec import build_workload
+
+#: progress callback: (simulated seconds, horizon seconds, requests dispatched)
+Progress = Callable[[float, float, int], None]
+
+
+@dataclass
+class RunResult:
+    """Everything one simulation produced."""
+
+    label: str
+    strategy: str
+    replication: int
+    seed: int
+    summary: dict[str, object]
+    requests: dict[str, np.ndarray]
+    node_states: dict[str, np.ndarray]
+    timeline: dict[str, np.ndarray]
+    wall_s: float
+    events: int
+
+
+def workload_for(resolved: ResolvedScenario, replication: int) -> Workload:
+    """The request stream of a replication (identical for every strategy)."""
+    sc = resolved.scenario
+    return build_workload(sc.workload, sc.duration_s, sc.seed + replication)
+
+
+def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: int,
+             workload: Workload, progress: Progress | None = None) -> RunResult:
+    """Simulate one strategy on one replication's workload and summarise it."""
+    sc = resolved.scenario
+    seed = sc.seed + replication
+    env = simpy.Environment()
+    table = RequestTable(workload)
+    recorder = Recorder(len(resolved.node_specs), (sc.warmup_s, sc.duration_s))
+    cluster = Cluster(env, resolved.node_specs, table, recorder, sc.cluster.fast_forward)
+    strategy = choice.cls(choice.params, stream(seed, "router", choice.spec.name))
+    router = Router(env, cluster, table, strategy, sc.router.telemetry_interval_s)
+    env.process(router.run())
+    horizon = sc.duration_s + sc.drain_timeout_s
+    if progress is not None:
+        env.process(_ticker(env, router, horizon, progress))
+    started = time.perf_counter()
+    env.run(until=env.any_of([router.drained, env.timeout(horizon)]))
+    wall = time.perf_counter() - started
+    if progress is not None:
+        progress(env.now, horizon, router.dispatched)
+    _book_unfinished(cluster, table)
+    data = _run_data(resolved, cluster, table, recorder, env.now)
+    return RunResult(label=choice.label, strategy=choice.spec.name, replication=replication,
+                     seed=seed, summary=summarize(data), requests=data.requests,
+                     node_states=data.states, timeline=timeline(data, sc.metrics.bucket_s),
+                     wall_s=wall,
+                     events=_events_scheduled(env))
+
+
+def _ticker(env: simpy.Environment, router: Router, horizon: float,
+            progress: Progress) -> Generator[simpy.Event, None, None]:
+    step = horizon / 200
+    while True:
+        yield env.timeout(step)
+        progress(env.now, horizon, router.dispatched)
+
+
+def _book_unfinished(cluster: Cluster, table: RequestTable) -> None:
+    for node in cluster.nodes:
+        batcher = node.batcher
+        for rid in [*batcher.waiting, *batcher.running]:
+            table.generated_tokens[rid] = batcher.generated(rid)
+
+
+def _run_data(resolved: ResolvedScenario, cluster: Cluster, table: RequestTable,
+              recorder: Recorder, end_s: float) -> RunData:
+    sc = resolved.scenario
+    a, b = sc.warmup_s, sc.duration_s
+    specs = resolved.node_specs
+    runs = recorder.run_frame()
+    extrapolated = _derive_run_columns(runs, specs)
+    itl = LogHistogram()
+    in_window = (runs["start_s"] >= a) & (runs["start_s"] < b)
+    itl.add_runs(runs["first_s"][in_window], runs["step_s"][in_window],
+                 runs["iterations"][in_window], runs["decode_batch"][in_window])
+    for node in cluster.nodes:
+        for t, gap in node.batcher.preemption_gaps:
+            if a <= t < b:
+                itl.add(gap)
+    return RunData(
+        requests=request_columns(table),
+        states=recorder.state_frame(),
+        runs=runs,
+        itl=itl,
+        max_num_seqs=np.array([s.batcher.max_num_seqs for s in specs], dtype=float),
+        kv_total_blocks=np.array([s.kv_total_blocks for s in specs], dtype=float),
+        peak_flops=np.array([s.cost.peak_flops for s in specs], dtype=float),
+        window_s=(a, b),
+        end_s=end_s,
+        slo=sc.slo.model_dump(),
+        grade_on=sc.metrics.grade_on,
+        extrapolated_steps=extrapolated,
+        kv_evictions=sum(n.batcher.kv.evictions for n in cluster.nodes),
+    )
+
+
+def _derive_run_columns(runs: dict[str, np.ndarray], specs: list) -> int:
+    """Add token and FLOP columns to the iteration log; return the extrapolated steps.
+
+    Vectorised per cost model after the run, so the event loop only appends raw numbers.
+    """
+    k, b = runs["iterations"], runs["decode_batch"]
+    runs["decode_tokens"] = k * b
+    n_tokens = runs["prefill_tokens"] + runs["decode_tokens"]
+    runs["flops"] = np.zeros(k.size)
+    extrapolated = 0
+    nodes = runs["node"]
+    by_cost: dict[int, list[int]] = {}
+    for node_id, spec in enumerate(specs):
+        by_cost.setdefault(id(spec.cost), []).append(node_id)
+    for node_ids in by_cost.values():
+        cost = specs[node_ids[0]].cost
+        rows = np.isin(nodes, node_ids)
+        runs["flops"][rows] = cost.flops(n_tokens[rows], runs["prefill_pairs"][rows],
+                                         runs["decode_ctx_tokens"][rows])
+        beyond = cost.is_extrapolated(runs["prefill_tokens"][rows] + b[rows],
+                                      runs["n_chunks"][rows] + b[rows])
+        extrapolated += int(k[rows][np.asarray(beyond, dtype=bool)].sum())
+    return extrapolated
+
+
+def request_columns(table: RequestTable) -> dict[str, np.ndarray]:
+    """The per-request records as numpy columns (the content of ``requests.parquet``)."""
+    return {
+        "request_id": np.arange(table.n, dtype=np.int64),
+        "arrival_s": np.array(table.arrival_s, dtype=np.float64),
+        "node": np.array(table.node, dtype=np.int64),
+        "status": np.array(table.status, dtype=np.int64),
+        "prompt_tokens": np.array(table.prompt_tokens, dtype=np.int64),
+        "output_tokens": np.array(table.output_tokens, dtype=np.int64),
+        "max_output_tokens": np.array(table.max_output_tokens, dtype=np.int64),
+        "generated_tokens": np.array(table.generated_tokens, dtype=np.int64),
+        "cached_tokens": np.array(table.cached_tokens, dtype=np.int64),
+        "recomputed_tokens": np.array(table.recomputed_tokens, dtype=np.int64),
+        "preemptions": np.array(table.preemptions, dtype=np.int64),
+        "first_scheduled_s": np.array(table.first_scheduled_s, dtype=np.float64),
+        "first_token_s": np.array(table.first_token_s, dtype=np.float64),
+        "finish_s": np.array(table.finish_s, dtype=np.float64),
+        "session_id": np.array(table.session_id, dtype=np.int64),
+        "prefix_group": np.array(table.prefix_group, dtype=np.int64),
+    }
+
+
+def _events_scheduled(env: simpy.Environment) -> int:
+    """Events SimPy scheduled in this run (from its event-id counter)."""
+    counter = getattr(env, "_eid", None)
+    return int(next(counter)) if counter is not None else -1
