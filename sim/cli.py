@@ -117,5 +117,16 @@ def list_strategies(params: bool) -> None:
                 click.echo(f"{'':16s}   {field}: {json.dumps(spec)}")
 
 
+def _add_command_modules() -> None:
+    import importlib
+
+    from sim.commands import COMMAND_MODULES
+
+    for name in COMMAND_MODULES:
+        main.add_command(importlib.import_module(name).command)
+
+
+_add_command_modules()
+
 if __name__ == "__main__":  # pragma: no cover
     main()
