@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sim.model.batcher import BatcherConfig, ContinuousBatcher
 from sim.model.kv_cache import KVCache
@@ -176,3 +177,75 @@ def test_random_workloads_finish_with_consistent_books(prompts, outputs, blocks,
     assert sorted(done) == accepted
     assert b.is_idle() and b.kv.used_blocks == 0
     assert all(table.generated_tokens[r] == table.output_tokens[r] for r in accepted)
+
+
+def pool_workload(n: int = 40) -> Workload:
+    """Requests with shared prefixes (keys 1 and 2, key 2 extending key 1) and own tails."""
+    rng = np.random.default_rng(11)
+    seg_ptr, seg_key, seg_len, prompt = [0], [], [], []
+    for i in range(n):
+        kind = i % 4
+        own = int(rng.integers(1, 30))
+        segs = {0: [(-1, own)], 1: [(1, 12), (-1, own)], 2: [(1, 12), (2, 9), (-1, own)],
+                3: [(1, 12), (2, 9)]}[kind]
+        seg_key += [k for k, _ in segs]
+        seg_len += [n_ for _, n_ in segs]
+        seg_ptr.append(len(seg_key))
+        prompt.append(sum(n_ for _, n_ in segs))
+    out = rng.integers(1, 25, n)
+    return Workload(arrival_s=np.zeros(n), prompt_tokens=np.array(prompt),
+                    output_tokens=out, max_output_tokens=out.copy(),
+                    session_id=np.full(n, -1), prefix_group=np.full(n, -1),
+                    seg_ptr=np.array(seg_ptr), seg_key=np.array(seg_key),
+                    seg_len=np.array(seg_len), output_key=np.full(n, -1),
+                    expected_rate_rps=1.0)
+
+
+class BatcherMachine(RuleBasedStateMachine):
+    """Random arrivals and iterations keep the batcher within its limits and consistent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = RequestTable(pool_workload())
+        self.config = BatcherConfig(max_num_seqs=4, max_num_batched_tokens=24,
+                                    chunked_prefill=True, max_model_len=None)
+        self.b = ContinuousBatcher(KVCache(22, 4), self.table, self.config)
+        self.next_rid, self.now, self.accepted, self.done = 0, 0.0, [], []
+
+    @precondition(lambda self: self.next_rid < 40)
+    @rule()
+    def arrive(self) -> None:
+        if self.b.enqueue(self.next_rid, self.now):
+            self.accepted.append(self.next_rid)
+        self.next_rid += 1
+
+    @rule(jump=st.integers(1, 30))
+    def iterate(self, jump: int) -> None:
+        plan = self.b.plan(self.now)
+        if plan is None:
+            assert self.b.is_idle(), "work left but nothing planned"
+            return
+        assert plan.prefill_tokens + plan.decode_batch <= self.config.max_num_batched_tokens
+        k = 1 if plan.chunks else min(jump, self.b.decode_run_limit())
+        self.now += 1.0
+        self.done += self.b.apply(plan, k, self.now)
+
+    @invariant()
+    def consistent(self) -> None:
+        self.b.check_invariants()
+        assert len(self.b.running) <= self.config.max_num_seqs
+
+    def teardown(self) -> None:
+        for _ in range(5000):
+            plan = self.b.plan(self.now)
+            if plan is None:
+                break
+            self.now += 1.0
+            self.done += self.b.apply(plan, 1, self.now)
+        assert sorted(self.done) == sorted(self.accepted)
+        assert all(self.table.generated_tokens[r] == self.table.output_tokens[r]
+                   for r in self.accepted)
+        assert self.b.kv.used_blocks == 0
+
+
+TestBatcherMachine = BatcherMachine.TestCase

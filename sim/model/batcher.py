@@ -264,13 +264,13 @@ class ContinuousBatcher:
         while heap and self._dec_fin.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)
         k = heap[0][0] - self.it
-        start = self._dec_blocks(self.it + 1)
         # With requests waiting, the run also ends before growth would evict cached blocks:
         # an eviction can shrink the queue head's prefix hit and so make it admissible.
         free = self.kv.empty if self.waiting else self.kv.free_blocks
         # each request needs at most one block per block_size iterations (+1 partial)
         if self._dec_n * ((k - 1) // self.kv.block_size + 1) <= free:
             return k
+        start = self._dec_blocks(self.it + 1)
         lo, hi = 1, k  # largest j in [lo, hi] with growth(j) <= free
         while lo < hi:
             mid = (lo + hi + 1) // 2
