@@ -128,8 +128,9 @@ class Recorder:
 
     @staticmethod
     def _frame(values: array, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Columns as strided views of the recorded buffer (no copy of the float columns)."""
         table = np.frombuffer(values, dtype=np.float64).reshape(-1, len(columns))
-        return {name: table[:, i].copy() for i, name in enumerate(columns)}
+        return {name: table[:, i] for i, name in enumerate(columns)}
 
     def state_frame(self) -> dict[str, np.ndarray]:
         """The change-point series as numpy columns (integers where they are counts)."""

@@ -172,25 +172,33 @@ def _counts(status: np.ndarray) -> dict[str, int]:
             "unfinished": int((status == UNFINISHED).sum())}
 
 
+def split_by_node(frame: dict[str, np.ndarray], n_nodes: int) -> list[dict[str, np.ndarray]]:
+    """One frame per node (rows keep their time order), from one stable sort."""
+    order = np.argsort(frame["node"], kind="stable")
+    bounds = np.searchsorted(frame["node"][order], np.arange(n_nodes + 1))
+    sorted_cols = {k: v[order] for k, v in frame.items()}
+    return [{k: v[bounds[i]:bounds[i + 1]] for k, v in sorted_cols.items()}
+            for i in range(n_nodes)]
+
+
 def _node_utilisation(data: RunData) -> dict[str, np.ndarray]:
     a, b = data.window_s
     edges = np.array([a, b])
     length = b - a
     n = data.max_num_seqs.size
-    runs, states = data.runs, data.states
     out = {k: np.zeros(n) for k in ("busy", "tokens", "flops", "kv", "running", "waiting")}
+    runs_by_node = split_by_node(data.runs, n)
+    states_by_node = split_by_node(data.states, n)
     for node in range(n):
-        r = runs["node"] == node
-        s, e = runs["start_s"][r], runs["end_s"][r]
+        r, m = runs_by_node[node], states_by_node[node]
+        s, e = r["start_s"], r["end_s"]
         out["busy"][node] = spread(s, e, e - s, edges)[0] / length
-        tokens = (runs["decode_tokens"][r] + runs["prefill_tokens"][r]).astype(float)
+        tokens = (r["decode_tokens"] + r["prefill_tokens"]).astype(float)
         out["tokens"][node] = spread(s, e, tokens, edges)[0]
-        out["flops"][node] = spread(s, e, runs["flops"][r], edges)[0]
-        m = states["node"] == node
-        t = states["t_s"][m]
+        out["flops"][node] = spread(s, e, r["flops"], edges)[0]
         for key, col in (("kv", "kv_used_blocks"), ("running", "running"),
                          ("waiting", "waiting")):
-            out[key][node] = step_integral(t, states[col][m].astype(float), data.end_s,
+            out[key][node] = step_integral(m["t_s"], m[col].astype(float), data.end_s,
                                            edges)[0] / length
     return out
 
@@ -287,28 +295,27 @@ def timeline(data: RunData, bucket_s: float) -> dict[str, np.ndarray]:
     end = max(data.end_s, bucket_s)
     edges = np.arange(0.0, end + bucket_s, bucket_s)
     width = np.diff(edges)
-    runs, states = data.runs, data.states
     cols: dict[str, list[np.ndarray]] = {k: [] for k in (
         "node", "t_s", "busy", "prefill_tokens_per_s", "decode_tokens_per_s", "kv_occupancy",
         "batch_occupancy", "running", "waiting")}
+    runs_by_node = split_by_node(data.runs, n)
+    states_by_node = split_by_node(data.states, n)
     for node in range(n):
-        r = runs["node"] == node
-        s, e = runs["start_s"][r], runs["end_s"][r]
-        m = states["node"] == node
-        t = states["t_s"][m]
+        r, m = runs_by_node[node], states_by_node[node]
+        s, e, t = r["start_s"], r["end_s"], m["t_s"]
         cols["node"].append(np.full(width.size, node, dtype=np.int64))
         cols["t_s"].append(edges[:-1])
         cols["busy"].append(spread(s, e, e - s, edges) / width)
         cols["prefill_tokens_per_s"].append(
-            spread(s, e, runs["prefill_tokens"][r].astype(float), edges) / width)
+            spread(s, e, r["prefill_tokens"].astype(float), edges) / width)
         cols["decode_tokens_per_s"].append(
-            spread(s, e, runs["decode_tokens"][r].astype(float), edges) / width)
-        running = step_integral(t, states["running"][m].astype(float), data.end_s, edges) / width
+            spread(s, e, r["decode_tokens"].astype(float), edges) / width)
+        running = step_integral(t, m["running"].astype(float), data.end_s, edges) / width
         cols["running"].append(running)
         cols["batch_occupancy"].append(running / data.max_num_seqs[node])
-        cols["waiting"].append(
-            step_integral(t, states["waiting"][m].astype(float), data.end_s, edges) / width)
+        cols["waiting"].append(step_integral(t, m["waiting"].astype(float), data.end_s,
+                                             edges) / width)
         cols["kv_occupancy"].append(
-            step_integral(t, states["kv_used_blocks"][m].astype(float), data.end_s, edges)
+            step_integral(t, m["kv_used_blocks"].astype(float), data.end_s, edges)
             / width / data.kv_total_blocks[node])
     return {k: np.concatenate(v) for k, v in cols.items()}

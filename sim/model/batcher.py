@@ -13,11 +13,12 @@ Scheduling rules (vLLM v1 ``Scheduler.schedule``, FCFS policy, one partial prefi
    "recompute" preemption), until the rest fit.
 2. A request still in its prefill (a partial chunk of the last iteration) gets
    ``min(remaining, budget)`` tokens; if its blocks do not fit it is preempted itself.
-3. Waiting requests are admitted in FCFS order while the token budget
-   (``max_num_batched_tokens``), the batch size (``max_num_seqs``) and the KV cache allow. A
-   request's prefix-cache hit covers whole blocks, at most ``seq - 1`` tokens, so at least one
-   token is computed. Without chunked prefill a prompt must fit the remaining budget whole.
-   The first request that does not fit stops admission (head-of-line blocking, as in vLLM).
+3. Unless step 1 or 2 preempted a request, waiting requests are admitted in FCFS order while
+   the token budget (``max_num_batched_tokens``), the batch size (``max_num_seqs``) and the KV
+   cache allow. A request's prefix-cache hit covers whole blocks, at most ``seq - 1`` tokens,
+   so at least one token is computed. Without chunked prefill a prompt must fit the remaining
+   budget whole. The first request that does not fit stops admission (head-of-line blocking,
+   as in vLLM).
 
 A request's *sequence* is its prompt plus the tokens generated so far. When an iteration
 computes the last token of a sequence, a new token is sampled: the first one ends the TTFT,
@@ -127,6 +128,7 @@ class ContinuousBatcher:
         #: inter-token gaps caused by preemption: (time the token came, gap in s)
         self.preemption_gaps: list[tuple[float, float]] = []
         self.preemptions = 0
+        self.preempted_in_plan = False
 
     # -- queue ------------------------------------------------------------------------------
 
@@ -164,12 +166,15 @@ class ContinuousBatcher:
 
     def plan(self, now: float) -> Plan | None:
         """Schedule the next iteration; None when there is nothing to run."""
+        preempted = self.preemptions
         self._reserve_decode_growth(now)
         plan = Plan(decode_batch=self._dec_n)
         budget = self.config.max_num_batched_tokens - self._dec_n
         if self.partial is not None and budget > 0:
             budget = self._continue_partial(plan, budget, now)
-        if self.partial is None:
+        # vLLM admits no waiting request in a step that preempted one
+        self.preempted_in_plan = self.preemptions != preempted
+        if self.partial is None and not self.preempted_in_plan:
             self._admit(plan, budget, now)
         if not plan.chunks and not plan.decode_batch:
             return None
@@ -260,6 +265,8 @@ class ContinuousBatcher:
         next iteration's blocks (the plan already reserved the first iteration's blocks); with
         requests waiting, also before an iteration whose blocks would evict cached ones.
         """
+        if self.preempted_in_plan:
+            return 1  # the next step may admit again; stepping would try it
         heap = self._fin_heap
         while heap and self._dec_fin.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)
