@@ -22,8 +22,8 @@ requests are those arriving in it; latencies are over measured requests that com
   (max - min) / max. The grade uses the CV of the sense named in ``grade.sense``: Excellent
   < 0.1, Good < 0.2, Fair < 0.3, else Poor.
 * Little's law check: L = time-average number of requests in the system (all nodes, waiting +
-  running) over the window; lambda = arrivals in the window per second; W = mean E2E of the
-  measured completed requests. L / (lambda W) is 1 for a stationary run without rejections.
+  running) over the window; lambda = arrivals in the window that were not rejected, per second;
+  W = mean E2E of the measured completed requests. L / (lambda W) is 1 for a stationary run without rejections.
 """
 
 from __future__ import annotations
@@ -249,14 +249,15 @@ def summarize(data: RunData) -> dict[str, object]:
     prompt_admitted = int(req["prompt_tokens"][admitted].sum())
     cached = int(req["cached_tokens"][admitted].sum())
     in_system = float(util["running"].sum() + util["waiting"].sum())
-    lam = float(measured.sum()) / length
+    offered = float(measured.sum()) / length
+    lam = float((measured & (req["status"] != REJECTED)).sum()) / length  # entered the system
     w = float(lat["e2e"].mean()) if lat["e2e"].size else math.nan
     return {
         "requests": {**_counts(req["status"]), "measured": _counts(req["status"][measured])},
         "latency_s": {k: distribution(v) for k, v in lat.items()}
         | {"itl": _itl(data.itl)},
         "throughput": {
-            "offered_rps": lam,
+            "offered_rps": offered,
             "completed_rps": float(completes_in_window.sum()) / length,
             "goodput_rps": float(good_in_window.sum()) / length,
             "output_tokens_per_s": (decode_in_window + float(first_in_window.sum())) / length,
