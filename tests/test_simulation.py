@@ -148,3 +148,18 @@ def test_littles_law_holds(tmp_path, interval):
     resolved = app.load(path)
     s = simulate(resolved, resolved.strategies[0], 0, workload_for(resolved, 0)).summary
     assert s["littles_law"]["ratio"] == pytest.approx(1.0, abs=0.03)
+
+
+def test_fast_forward_equals_stepping_with_a_real_profile():
+    """The same holds on a shipped GPU profile (piecewise-linear tables, attention terms)."""
+    from conftest import REPO
+
+    path = REPO / "scenarios" / "smoke.yaml"
+    ff = app.load(path, ["cluster.fast_forward=true"], strategies=("least_loaded",))
+    step = app.load(path, ["cluster.fast_forward=false"], strategies=("least_loaded",))
+    workload = workload_for(ff, 0)
+    a = simulate(ff, ff.strategies[0], 0, workload).requests
+    b = simulate(step, step.strategies[0], 0, workload).requests
+    assert np.array_equal(a["node"], b["node"])
+    for col in ("first_token_s", "finish_s"):
+        np.testing.assert_allclose(a[col], b[col], rtol=1e-9, atol=1e-9)
