@@ -70,7 +70,7 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
     wall = time.perf_counter() - started
     if progress is not None:
         progress(env.now, horizon, router.dispatched)
-    _book_unfinished(cluster, table)
+    _book_unfinished(cluster, table, env.now)
     data = _run_data(resolved, cluster, table, recorder, env.now)
     return RunResult(label=choice.label, strategy=choice.spec.name, replication=replication,
                      seed=seed, summary=summarize(data), requests=data.requests,
@@ -87,11 +87,10 @@ def _ticker(env: simpy.Environment, router: Router, horizon: float,
         progress(env.now, horizon, router.dispatched)
 
 
-def _book_unfinished(cluster: Cluster, table: RequestTable) -> None:
+def _book_unfinished(cluster: Cluster, table: RequestTable, now: float) -> None:
     for node in cluster.nodes:
-        batcher = node.batcher
-        for rid in [*batcher.waiting, *batcher.running]:
-            table.generated_tokens[rid] = batcher.generated(rid)
+        for outcome in node.batcher.in_flight(now):
+            table.record(outcome)
 
 
 def _run_data(resolved: ResolvedScenario, cluster: Cluster, table: RequestTable,

@@ -24,10 +24,14 @@ def make(prompts, outputs, *, blocks=1000, bs=16, seqs=8, budget=512, chunked=Tr
 
 
 def step(b: ContinuousBatcher, now: float, k: int = 1):
+    """Plan and apply one iteration; record finished requests; return (plan, finished ids)."""
     plan = b.plan(now)
     if plan is None:
         return None, []
-    return plan, b.apply(plan, k, now)
+    outcomes = b.apply(plan, k, now)
+    for outcome in outcomes:
+        b.table.record(outcome)
+    return plan, [o.request_id for o in outcomes]
 
 
 def test_long_prompt_is_chunked_by_the_token_budget():
@@ -39,11 +43,12 @@ def test_long_prompt_is_chunked_by_the_token_budget():
         plan, _ = step(b, t)
         chunks.append([(c[1], c[2]) for c in plan.chunks])
     assert chunks == [[(100, 0)], [(100, 100)], [(50, 200)]]
-    assert table.first_token_s[0] == 3.0
+    assert b.first_tokens == [0]
     plan, done = step(b, 4.0)
     assert (plan.decode_batch, plan.decode_ctx_sum, done) == (1, 251, [])
     plan, done = step(b, 5.0)
     assert done == [0] and table.finish_s[0] == 5.0 and table.status[0] == COMPLETED
+    assert table.first_token_s[0] == 3.0 and table.generated_tokens[0] == 3
     b.check_invariants()
 
 
@@ -68,7 +73,7 @@ def test_batch_size_limit_holds_requests_back():
     assert done == [0] and not plan.chunks
     plan, _ = step(b, 3.0)          # now request 2 is admitted beside request 1's decode
     assert [c[0] for c in plan.chunks] == [2] and plan.decode_batch == 1
-    assert table.first_scheduled_s[2] == 3.0
+    assert b.in_flight(3.0)[-1].first_scheduled_s == 3.0
 
 
 def test_without_chunking_a_prompt_that_does_not_fit_the_budget_waits():
@@ -83,12 +88,12 @@ def test_without_chunking_a_prompt_that_does_not_fit_the_budget_waits():
 
 def test_request_that_can_never_fit_is_rejected():
     """Prompt plus max output beyond the KV cache (or max_model_len) is rejected at once."""
-    table, b = make([100, 10], [10, 10], blocks=5, bs=16)   # 80 tokens of KV
-    assert b.enqueue(0, 2.5) is False
-    assert (table.status[0], table.finish_s[0]) == (REJECTED, 2.5)
-    assert b.enqueue(1, 2.5) is True
+    _, b = make([100, 10], [10, 10], blocks=5, bs=16)   # 80 tokens of KV
+    rejected = b.enqueue(0, 2.5)
+    assert (rejected.status, rejected.finish_s) == (REJECTED, 2.5)
+    assert b.enqueue(1, 2.5) is None
     _, b2 = make([10], [10], max_len=15)
-    assert b2.enqueue(0, 0.0) is False
+    assert b2.enqueue(0, 0.0).status == REJECTED
 
 
 def test_kv_exhaustion_preempts_newest_and_recomputes_it():
@@ -129,7 +134,7 @@ def test_second_request_hits_the_published_prefix():
     step(b, 1.0)
     b.enqueue(1, 1.0)
     plan, _ = step(b, 2.0)
-    assert table.cached_tokens == [0, 96]        # 6 full blocks of the 100-token prefix
+    assert [o.cached_tokens for o in b.in_flight(2.0)] == [0, 96]  # 6 blocks of the prefix
     assert plan.chunks == [(1, 130 - 96, 96)]
     assert b.kv.used_blocks == 9 + 3             # 9 blocks of request 0, 3 new for request 1
 
@@ -148,7 +153,7 @@ def test_whole_prompt_cached_still_computes_one_token():
     step(b, 1.0)
     b.enqueue(1, 1.0)
     plan, _ = step(b, 2.0)
-    assert table.cached_tokens[1] == 48          # (64 - 1) // 16 = 3 blocks
+    assert b.in_flight(2.0)[1].cached_tokens == 48   # (64 - 1) // 16 = 3 blocks
     assert plan.chunks == [(1, 16, 48)]
 
 
@@ -164,7 +169,7 @@ def test_random_workloads_finish_with_consistent_books(prompts, outputs, blocks,
     n = len(prompts)
     table, b = make(prompts, outputs[:n], blocks=blocks, bs=4, seqs=seqs,
                     budget=max(budget, seqs), chunked=chunked)
-    accepted = [rid for rid in range(n) if b.enqueue(rid, 0.0)]
+    accepted = [rid for rid in range(n) if b.enqueue(rid, 0.0) is None]
     now, done = 0.0, []
     for jump in jumps:
         plan = b.plan(now)
@@ -172,7 +177,9 @@ def test_random_workloads_finish_with_consistent_books(prompts, outputs, blocks,
             break
         k = min(jump, b.decode_run_limit()) if not plan.chunks else 1
         now += 1.0
-        done += b.apply(plan, k, now)
+        for outcome in b.apply(plan, k, now):
+            table.record(outcome)
+            done.append(outcome.request_id)
         b.check_invariants()
     assert sorted(done) == accepted
     assert b.is_idle() and b.kv.used_blocks == 0
@@ -215,7 +222,7 @@ class BatcherMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.next_rid < 40)
     @rule()
     def arrive(self) -> None:
-        if self.b.enqueue(self.next_rid, self.now):
+        if self.b.enqueue(self.next_rid, self.now) is None:
             self.accepted.append(self.next_rid)
         self.next_rid += 1
 
@@ -228,7 +235,12 @@ class BatcherMachine(RuleBasedStateMachine):
         assert plan.prefill_tokens + plan.decode_batch <= self.config.max_num_batched_tokens
         k = 1 if plan.chunks else min(jump, self.b.decode_run_limit())
         self.now += 1.0
-        self.done += self.b.apply(plan, k, self.now)
+        self._record(self.b.apply(plan, k, self.now))
+
+    def _record(self, outcomes) -> None:
+        for outcome in outcomes:
+            self.table.record(outcome)
+            self.done.append(outcome.request_id)
 
     @invariant()
     def consistent(self) -> None:
@@ -241,7 +253,7 @@ class BatcherMachine(RuleBasedStateMachine):
             if plan is None:
                 break
             self.now += 1.0
-            self.done += self.b.apply(plan, 1, self.now)
+            self._record(self.b.apply(plan, 1, self.now))
         assert sorted(self.done) == sorted(self.accepted)
         assert all(self.table.generated_tokens[r] == self.table.output_tokens[r]
                    for r in self.accepted)
@@ -249,3 +261,36 @@ class BatcherMachine(RuleBasedStateMachine):
 
 
 TestBatcherMachine = BatcherMachine.TestCase
+
+
+def test_cancel_withdraws_a_request_wherever_it_is_and_frees_its_blocks():
+    """cancel() removes a decoding, prefilling or waiting request, frees its KV and reports
+    the work it cost; a request that already left is ignored."""
+    from sim.outcome import CANCELLED
+
+    table, b = make([40, 300, 20], [30, 5, 5], budget=64, seqs=2)
+    for rid in range(3):
+        b.enqueue(rid, 0.0)
+    step(b, 1.0)                          # 0 prefills whole, 1 starts a 24-token chunk
+    step(b, 2.0)                          # 0 decodes; 1 continues its prefill
+    assert b.partial == 1 and list(b.waiting) == [2]
+    out = {rid: b.cancel(rid, 3.0) for rid in (0, 1, 2)}
+    assert all(o.status == CANCELLED and o.finish_s == 3.0 for o in out.values())
+    assert out[0].generated_tokens == 2 and out[0].computed_tokens == 40 + 1
+    assert out[1].generated_tokens == 0 and out[1].computed_tokens == 24 + 63
+    assert out[2].computed_tokens == 0
+    assert b.cancel(0, 4.0) is None
+    assert b.is_idle() and b.kv.used_blocks == 0
+    b.check_invariants()
+
+
+def test_take_waiting_only_moves_requests_that_never_started():
+    """A queued request that never ran can be taken away; a running one cannot."""
+    _, b = make([10, 10, 10], [5, 5, 5], seqs=1)
+    for rid in range(3):
+        b.enqueue(rid, 0.0)
+    step(b, 1.0)
+    assert b.take_waiting(0) is False     # running
+    assert b.take_waiting(2) is True
+    assert list(b.waiting) == [1]
+    b.check_invariants()

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import sim.policy  # noqa: F401
 from sim.errors import UnknownNameError
+from sim.outcome import COMPLETED, Outcome
 from sim.policy.base import ClusterView, NodeInfo, RequestInfo, Strategy, Telemetry, strategies
 from sim.registry import Registry
 
@@ -53,7 +54,9 @@ def test_contract_every_strategy_returns_an_accepting_node_deterministically(nam
     assert picks_a == picks_b
     assert all(isinstance(p, int) and view.accepting[p] for p in picks_a)
     a.on_dispatch(REQUEST, picks_a[0], view.now_s)
-    a.on_finish(REQUEST.request_id, picks_a[0], view.now_s)
+    a.on_first_token(REQUEST.request_id, picks_a[0], view.now_s + 0.1)
+    a.on_finish(Outcome(REQUEST.request_id, picks_a[0], COMPLETED, view.now_s,
+                        view.now_s + 0.1, view.now_s + 1.0, 50, 0, 0, 0, 150))
 
 
 @pytest.mark.parametrize("name", strategies.names())

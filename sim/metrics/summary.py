@@ -23,7 +23,7 @@ requests are those arriving in it; latencies are over measured requests that com
   < 0.1, Good < 0.2, Fair < 0.3, else Poor.
 * Little's law check: L = time-average number of requests in the system (all nodes, waiting +
   running) over the window; lambda = arrivals in the window that were not rejected, per second;
-  W = mean E2E of the measured completed requests. L / (lambda W) is 1 for a stationary run without rejections.
+  W = mean E2E of the measured completed requests. L / (lambda W) is 1 for a stationary run.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pydantic import Field
 
 from sim.model.kv_cache import KVCache
-from sim.model.requests import COMPLETED, REJECTED, RequestTable
+from sim.model.requests import CANCELLED, COMPLETED, REJECTED, UNFINISHED, Outcome, RequestTable
 from sim.registry import Registry
 from sim.spec import StrictModel
 
@@ -91,12 +91,14 @@ class ContinuousBatcher:
         return BatcherConfig(params.max_num_seqs, params.max_num_batched_tokens,
                              params.chunked_prefill, max_model_len)
 
-    def __init__(self, kv: KVCache, table: RequestTable, config: BatcherConfig):
+    def __init__(self, kv: KVCache, table: RequestTable, config: BatcherConfig,
+                 node_id: int = 0):
         if config.max_num_batched_tokens < config.max_num_seqs:
             raise ValueError("max_num_batched_tokens must be >= max_num_seqs (as vLLM requires)")
         self.kv = kv
         self.table = table
         self.config = config
+        self.node_id = node_id
         bs = kv.block_size
         limit = kv.total_blocks * bs
         if config.max_model_len is not None:
@@ -119,6 +121,11 @@ class ContinuousBatcher:
         self._dec_a: dict[int, int] = {}        # decode offset: KV tokens = a + it
         self._dec_fin: dict[int, int] = {}      # iteration after which it finishes
         self._preempted_at: dict[int, float] = {}
+        #: per request on this node: [first scheduled s, first token s, cached tokens,
+        #: recomputed tokens, preemptions, computed tokens, KV tokens when decoding began]
+        self._meta: dict[int, list] = {}
+        #: requests whose first token came in the last ``apply``
+        self.first_tokens: list[int] = []
         # decode aggregates
         self._dec_n = 0
         self._dec_sum_a = 0
@@ -132,16 +139,16 @@ class ContinuousBatcher:
 
     # -- queue ------------------------------------------------------------------------------
 
-    def enqueue(self, rid: int, now: float) -> bool:
-        """Queue a request; reject it (return False) if this engine can never serve it."""
+    def enqueue(self, rid: int, now: float) -> Outcome | None:
+        """Queue a request; if this engine can never serve it, return its rejection."""
         t = self.table
         if t.prompt_tokens[rid] + t.max_output_tokens[rid] > self.max_model_len:
-            t.status[rid] = REJECTED
-            t.finish_s[rid] = now
-            return False
+            nan = math.nan
+            return Outcome(rid, self.node_id, REJECTED, nan, nan, now, 0, 0, 0, 0, 0)
         self.waiting.append(rid)
         self._seq[rid] = t.prompt_tokens[rid]
-        return True
+        self._meta[rid] = [math.nan, math.nan, 0, 0, 0, 0, 0]
+        return None
 
     @property
     def decode_batch(self) -> int:
@@ -207,7 +214,7 @@ class ContinuousBatcher:
         return budget - chunk
 
     def _admit(self, plan: Plan, budget: int, now: float) -> None:
-        kv, table, config = self.kv, self.table, self.config
+        kv, config = self.kv, self.config
         while self.waiting and budget > 0 and len(self.running) < config.max_num_seqs:
             rid = self.waiting[0]
             seq = self._seq[rid]
@@ -229,11 +236,12 @@ class ContinuousBatcher:
             self._held[rid] = hit + new_blocks
             self._computed[rid] = cached
             self.running[rid] = None
-            if table.first_scheduled_s[rid] != table.first_scheduled_s[rid]:  # NaN: first time
-                table.first_scheduled_s[rid] = now
-                table.cached_tokens[rid] = cached
+            meta = self._meta[rid]
+            if meta[0] != meta[0]:  # NaN: first admission
+                meta[0] = now
+                meta[2] = cached
             else:
-                table.recomputed_tokens[rid] += todo
+                meta[3] += todo
             self._add_chunk(plan, rid, chunk, cached)
             budget -= chunk
             if chunk < todo:
@@ -296,48 +304,51 @@ class ContinuousBatcher:
 
     # -- applying ---------------------------------------------------------------------------
 
-    def apply(self, plan: Plan, iterations: int, now: float) -> list[int]:
-        """Account for ``iterations`` finished iterations of ``plan``; return finished ids."""
+    def apply(self, plan: Plan, iterations: int, now: float) -> list[Outcome]:
+        """Account for ``iterations`` finished iterations of ``plan``; return the requests
+        that finished (requests whose first token came are left in ``first_tokens``)."""
         first = self.it + 1
         self.it += iterations
         if iterations > 1:
             self.kv.allocate(self._dec_blocks(self.it) - self._dec_blocks(first))
-        finished: list[int] = []
+        finished: list[Outcome] = []
+        self.first_tokens.clear()
         heap = self._fin_heap
         while heap and heap[0][0] <= self.it:
             fin, rid = heapq.heappop(heap)
             if self._dec_fin.get(rid) == fin:
                 self._leave_decode(rid)
-                self._finish(rid, self._seq[rid] - 1, now)
-                finished.append(rid)
+                finished.append(self._finish(rid, self._seq[rid] - 1, now))
         for rid, chunk, done in plan.chunks:
-            if self._complete_chunk(rid, done + chunk, now):
-                finished.append(rid)
+            self._meta[rid][5] += chunk
+            outcome = self._complete_chunk(rid, done + chunk, now)
+            if outcome is not None:
+                finished.append(outcome)
         return finished
 
-    def _complete_chunk(self, rid: int, computed: int, now: float) -> bool:
-        """Record a computed chunk; return True if the request finished."""
+    def _complete_chunk(self, rid: int, computed: int, now: float) -> Outcome | None:
+        """Record a computed chunk; return the outcome if the request finished."""
         self._publish(rid, computed)
         seq = self._seq[rid]
         if computed < seq:
             self._computed[rid] = computed
-            return False
+            return None
         if self.partial == rid:
             self.partial = None
         table = self.table
         generated = seq - table.prompt_tokens[rid] + 1
         self._seq[rid] = seq + 1
         if generated == 1:
-            table.first_token_s[rid] = now
+            self._meta[rid][1] = now
+            self.first_tokens.append(rid)
         elif rid in self._preempted_at:
             self.preemption_gaps.append((now, now - self._preempted_at.pop(rid)))
         held = self._held.pop(rid)
         del self._computed[rid]
         if generated == table.output_tokens[rid]:
-            self._finish(rid, seq, now, held)
-            return True
+            return self._finish(rid, seq, now, held)
         self._join_decode(rid, seq, held)
-        return False
+        return None
 
     def _publish(self, rid: int, computed: int) -> None:
         """Make the request's newly full, shareable prompt blocks hittable by others."""
@@ -350,6 +361,7 @@ class ContinuousBatcher:
         # held == blocks_for(kv_tokens) by construction; kept for the assertion
         assert held == self.kv.blocks_for(kv_tokens), (held, kv_tokens)
         self._dec_a[rid] = a
+        self._meta[rid][6] = kv_tokens
         q, r = divmod(a + self.kv.block_size - 1, self.kv.block_size)
         self._dec_q += q
         self._dec_r[r] += 1
@@ -371,6 +383,8 @@ class ContinuousBatcher:
         self._dec_sum_a -= a
         kv_tokens = a + self.it
         self._seq[rid] = kv_tokens + 1
+        meta = self._meta[rid]
+        meta[5] += kv_tokens - meta[6]  # one token computed per decode iteration
         return kv_tokens
 
     def _dec_blocks(self, x: int) -> int:
@@ -407,14 +421,50 @@ class ContinuousBatcher:
         kv.free(private)
         kv.release(holding)
 
-    def _finish(self, rid: int, kv_tokens: int, now: float, held: int | None = None) -> None:
+    def _finish(self, rid: int, kv_tokens: int, now: float, held: int | None = None) -> Outcome:
         self._release(rid, kv_tokens, held)
         del self.running[rid]
         del self._seq[rid]
-        table = self.table
-        table.finish_s[rid] = now
-        table.status[rid] = COMPLETED
-        table.generated_tokens[rid] = table.output_tokens[rid]
+        return self._outcome(rid, COMPLETED, now, self.table.output_tokens[rid])
+
+    def _outcome(self, rid: int, status: int, finish_s: float, generated: int) -> Outcome:
+        meta = self._meta.pop(rid)
+        self._preempted_at.pop(rid, None)
+        return Outcome(rid, self.node_id, status, meta[0], meta[1], finish_s, generated,
+                       meta[2], meta[3], meta[4], meta[5])
+
+    def cancel(self, rid: int, now: float) -> Outcome | None:
+        """Withdraw a request from this node (at an iteration boundary), freeing its blocks.
+
+        Returns its outcome (status CANCELLED, with the work it cost), or None if it is not
+        here any more.
+        """
+        if rid not in self._meta:
+            return None
+        generated = self.generated(rid)
+        if rid in self.running:
+            if rid == self.partial:
+                self.partial = None
+                self._release(rid, self._computed.pop(rid), self._held.pop(rid))
+            else:
+                self._release(rid, self._leave_decode(rid))
+            del self.running[rid]
+        else:
+            self.waiting.remove(rid)
+            self._spans.pop(rid, None)
+        del self._seq[rid]
+        return self._outcome(rid, CANCELLED, now, generated)
+
+    def take_waiting(self, rid: int) -> bool:
+        """Remove a request that is queued here and has never started (for rebalancing)."""
+        meta = self._meta.get(rid)
+        if meta is None or meta[0] == meta[0] or rid in self.running:
+            return False
+        self.waiting.remove(rid)
+        del self._seq[rid]
+        del self._meta[rid]
+        self._spans.pop(rid, None)
+        return True
 
     def _preempt(self, rid: int, now: float) -> None:
         """Free a running request's blocks and put it back at the head of the queue."""
@@ -428,10 +478,20 @@ class ContinuousBatcher:
             self._preempted_at[rid] = now
         del self.running[rid]
         self.waiting.appendleft(rid)
-        self.table.preemptions[rid] += 1
+        self._meta[rid][4] += 1
         self.preemptions += 1
 
     # -- observation ------------------------------------------------------------------------
+
+    def in_flight(self, now: float) -> list[Outcome]:
+        """Snapshots of the requests still here (status UNFINISHED), for the end of a run."""
+        out = []
+        for rid in [*self.waiting, *self.running]:
+            meta = self._meta[rid]
+            done = meta[5] + (self._dec_a[rid] + self.it - meta[6] if rid in self._dec_a else 0)
+            out.append(Outcome(rid, self.node_id, UNFINISHED, meta[0], meta[1], math.nan,
+                               self.generated(rid), meta[2], meta[3], meta[4], done))
+        return out
 
     def generated(self, rid: int) -> int:
         """Tokens generated so far by a request on this node."""

@@ -12,7 +12,7 @@ from sim.model.batcher import BatcherConfig, ContinuousBatcher
 from sim.model.cost import CostModel
 from sim.model.kv_cache import KVCache
 from sim.model.node import GpuNode
-from sim.model.requests import RequestTable
+from sim.model.requests import Outcome, RequestTable
 from sim.policy.base import NodeInfo, Telemetry
 
 
@@ -36,11 +36,11 @@ class Cluster:
                  recorder: Recorder, fast_forward: bool = True):
         self.env = env
         self.specs = specs
-        self.on_done: Callable[[int, int], None] = _unset_on_done
+        self.on_done: Callable[[Outcome], None] = _unset_on_done
         self.nodes: list[GpuNode] = []
         for node_id, spec in enumerate(specs):
             kv = KVCache(spec.kv_total_blocks, spec.block_size, spec.prefix_caching)
-            batcher = ContinuousBatcher(kv, table, spec.batcher)
+            batcher = ContinuousBatcher(kv, table, spec.batcher, node_id)
             self.nodes.append(GpuNode(env, node_id, batcher, spec.cost, recorder,
                                       self._node_done, fast_forward))
         self.infos: tuple[NodeInfo, ...] = tuple(
@@ -50,8 +50,8 @@ class Cluster:
                      kv_total_blocks=s.kv_total_blocks, block_size_tokens=s.block_size)
             for i, s in enumerate(specs))
 
-    def _node_done(self, rid: int, node_id: int) -> None:
-        self.on_done(rid, node_id)
+    def _node_done(self, outcome: Outcome) -> None:
+        self.on_done(outcome)
 
     def sample_telemetry(self) -> Telemetry:
         """What every node reports now."""
@@ -64,5 +64,5 @@ class Cluster:
         )
 
 
-def _unset_on_done(rid: int, node_id: int) -> None:
+def _unset_on_done(outcome: Outcome) -> None:
     raise RuntimeError("Cluster.on_done was not connected to a router")

@@ -29,6 +29,7 @@ from simpy.events import Timeout
 from sim.metrics.recorder import Recorder
 from sim.model.batcher import ContinuousBatcher, Plan
 from sim.model.cost import CostModel
+from sim.model.requests import Outcome
 
 #: SimPy priority of node events: after arrivals (NORMAL = 1) at the same instant.
 LATE = 2
@@ -51,7 +52,7 @@ class GpuNode:
     """One serving engine: queue, batch, KV cache and clock."""
 
     def __init__(self, env: simpy.Environment, node_id: int, batcher: ContinuousBatcher,
-                 cost: CostModel, recorder: Recorder, on_done: Callable[[int, int], None],
+                 cost: CostModel, recorder: Recorder, on_done: Callable[[Outcome], None],
                  fast_forward: bool = True):
         self.env = env
         self.node_id = node_id
@@ -61,7 +62,10 @@ class GpuNode:
         self._runs = recorder.runs
         self._states = recorder.states
         self.on_done = on_done
+        #: called as ``on_first_token(request_id, node_id, now)`` when set
+        self.on_first_token: Callable[[int, int, float], None] | None = None
         self.fast_forward = fast_forward
+        self._to_cancel: list[int] = []
         self._pending: LateTimeout | None = None
         self._plan: Plan | None = None
         self._run_start = 0.0
@@ -75,8 +79,9 @@ class GpuNode:
         """Take a request routed here at the current time."""
         now = self.env.now
         batcher = self.batcher
-        if not batcher.enqueue(rid, now):
-            self.on_done(rid, self.node_id)
+        rejected = batcher.enqueue(rid, now)
+        if rejected is not None:
+            self.on_done(rejected)
             return
         if self._pending is None:
             # idle: an iteration starts now, after other events at this instant (and records)
@@ -85,6 +90,30 @@ class GpuNode:
         self._record_state(now)
         if self._iterations > 1 and batcher.can_take_new_work():
             self._cut_run(now)
+
+    def cancel(self, rid: int) -> None:
+        """Withdraw a request at the next iteration boundary (as an engine aborts a request
+        between steps); its outcome, status CANCELLED, goes to ``on_done`` then."""
+        if self._pending is None:
+            outcome = self.batcher.cancel(rid, self.env.now)
+            if outcome is not None:
+                self.on_done(outcome)
+            return
+        self._to_cancel.append(rid)
+        if self._iterations > 1:
+            self._cut_run(self.env.now)
+
+    def take_waiting(self, rid: int) -> bool:
+        """Remove a queued request that never started, to send it elsewhere."""
+        batcher = self.batcher
+        was_head = bool(batcher.waiting) and batcher.waiting[0] == rid
+        if not batcher.take_waiting(rid):
+            return False
+        now = self.env.now
+        self._record_state(now)
+        if was_head and self._iterations > 1:
+            self._cut_run(now)  # the new head may fit where the old one did not
+        return True
 
     # -- telemetry --------------------------------------------------------------------------
 
@@ -130,9 +159,18 @@ class GpuNode:
         plan, k = self._plan, self._iterations
         assert plan is not None
         self._book_run(plan, k, now)
-        finished = self.batcher.apply(plan, k, now)
-        for rid in finished:
-            self.on_done(rid, self.node_id)
+        batcher = self.batcher
+        for outcome in batcher.apply(plan, k, now):
+            self.on_done(outcome)
+        if self.on_first_token is not None:
+            for rid in batcher.first_tokens:
+                self.on_first_token(rid, self.node_id, now)
+        if self._to_cancel:
+            for rid in self._to_cancel:
+                outcome = batcher.cancel(rid, now)
+                if outcome is not None:
+                    self.on_done(outcome)
+            self._to_cancel.clear()
         self._pending = event  # _start_iteration accepts the event it is handed
         self._start_iteration(event)
 

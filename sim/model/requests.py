@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import math
 
+from sim.outcome import (  # noqa: F401  (re-exported for the model)
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    REJECTED,
+    STATUS_NAMES,
+    UNFINISHED,
+    Outcome,
+)
 from sim.workload.base import MAX_SEGMENT_KEY, OFFSET_BITS, Workload
-
-#: Request status codes in ``RequestTable.status``.
-UNFINISHED, COMPLETED, REJECTED, FAILED = 0, 1, 2, 3
-STATUS_NAMES = {UNFINISHED: "unfinished", COMPLETED: "completed", REJECTED: "rejected",
-                FAILED: "failed"}
 
 
 class RequestTable:
@@ -44,6 +48,19 @@ class RequestTable:
         self.cached_tokens = [0] * n
         self.recomputed_tokens = [0] * n
         self.generated_tokens = [0] * n
+
+    def record(self, outcome: Outcome) -> None:
+        """Store an attempt's outcome as the request's record."""
+        rid = outcome.request_id
+        self.node[rid] = outcome.node_id
+        self.status[rid] = outcome.status
+        self.first_scheduled_s[rid] = outcome.first_scheduled_s
+        self.first_token_s[rid] = outcome.first_token_s
+        self.finish_s[rid] = outcome.finish_s
+        self.generated_tokens[rid] = outcome.generated_tokens
+        self.cached_tokens[rid] = outcome.cached_tokens
+        self.recomputed_tokens[rid] = outcome.recomputed_tokens
+        self.preemptions[rid] = outcome.preemptions
 
     def has_shareable_prefix(self, rid: int) -> bool:
         """True when the first prompt segment may be shared with other requests."""

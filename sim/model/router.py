@@ -9,7 +9,7 @@ import simpy
 
 from sim.errors import SimulationError
 from sim.model.cluster import Cluster
-from sim.model.requests import RequestTable
+from sim.model.requests import Outcome, RequestTable
 from sim.policy.base import ClusterView, RequestInfo, Strategy, Telemetry
 
 
@@ -81,13 +81,15 @@ class Router:
         self.strategy.on_dispatch(info, node, now)
         self.cluster.nodes[node].submit(rid)
 
-    def on_done(self, rid: int, node: int) -> None:
-        """A request left ``node`` (completed or rejected): release its counters."""
+    def on_done(self, outcome: Outcome) -> None:
+        """A request left its node (completed or rejected): record it, release its counters."""
         t = self.table
+        rid, node = outcome.request_id, outcome.node_id
+        t.record(outcome)
         self.inflight_requests[node] -= 1
         self.inflight_tokens[node] -= t.prompt_tokens[rid] + t.max_output_tokens[rid]
         self.outstanding -= 1
-        self.strategy.on_finish(rid, node, self.env.now)
+        self.strategy.on_finish(outcome)
         self._check_drained()
 
     def _check_drained(self) -> None:

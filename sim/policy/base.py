@@ -26,6 +26,7 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
+from sim.outcome import Outcome
 from sim.registry import Registry
 from sim.spec import StrictModel
 
@@ -124,8 +125,12 @@ class Strategy(abc.ABC):
     def on_dispatch(self, request: RequestInfo, node_id: int, now_s: float) -> None:  # noqa: B027
         """Called after the router commits ``request`` to ``node_id``."""
 
-    def on_finish(self, request_id: int, node_id: int, now_s: float) -> None:  # noqa: B027
-        """Called when a request leaves ``node_id`` (completed, rejected or failed)."""
+    def on_first_token(self, request_id: int, node_id: int, now_s: float) -> None:  # noqa: B027
+        """Called when a request's first token comes (only for strategies that define it)."""
+
+    def on_finish(self, outcome: Outcome) -> None:  # noqa: B027
+        """Called when a request leaves its node: completed, rejected or withdrawn
+        (``outcome.status``), with its timings and the tokens it generated."""
 
 
 strategies: Registry[type[Strategy]] = Registry("strategy")
