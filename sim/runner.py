@@ -60,7 +60,7 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
     recorder = Recorder(len(resolved.node_specs), (sc.warmup_s, sc.duration_s))
     cluster = Cluster(env, resolved.node_specs, table, recorder, sc.cluster.fast_forward)
     strategy = choice.cls(choice.params, stream(seed, "router", choice.spec.name))
-    router = Router(env, cluster, table, strategy, sc.router.telemetry_interval_s)
+    router = Router(env, cluster, table, [strategy], sc.router.telemetry_interval_s)
     env.process(router.run())
     horizon = sc.duration_s + sc.drain_timeout_s
     if progress is not None:

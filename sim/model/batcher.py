@@ -136,6 +136,12 @@ class ContinuousBatcher:
         self.preemption_gaps: list[tuple[float, float]] = []
         self.preemptions = 0
         self.preempted_in_plan = False
+        #: tokens the waiting requests still have to prefill (prompt, or prompt + output so
+        #: far for a preempted request), for telemetry
+        self.waiting_tokens = 0
+        #: exponentially weighted recent TTFT and E2E of completions (weight 0.1), for telemetry
+        self.recent_ttft_s = math.nan
+        self.recent_e2e_s = math.nan
 
     # -- queue ------------------------------------------------------------------------------
 
@@ -147,6 +153,7 @@ class ContinuousBatcher:
             return Outcome(rid, self.node_id, REJECTED, nan, nan, now, 0, 0, 0, 0, 0)
         self.waiting.append(rid)
         self._seq[rid] = t.prompt_tokens[rid]
+        self.waiting_tokens += t.prompt_tokens[rid]
         self._meta[rid] = [math.nan, math.nan, 0, 0, 0, 0, 0]
         return None
 
@@ -231,6 +238,7 @@ class ContinuousBatcher:
             if new_blocks + hit > free and new_blocks + kv.evictable_among(spans, hit) > free:
                 return
             self.waiting.popleft()
+            self.waiting_tokens -= seq
             self._holding[rid] = kv.acquire(spans, hit)
             kv.allocate(new_blocks)
             self._held[rid] = hit + new_blocks
@@ -425,6 +433,13 @@ class ContinuousBatcher:
         self._release(rid, kv_tokens, held)
         del self.running[rid]
         del self._seq[rid]
+        arrival = self.table.arrival_s[rid]
+        if self.recent_e2e_s != self.recent_e2e_s:  # NaN: first completion
+            self.recent_e2e_s = now - arrival
+            self.recent_ttft_s = self._meta[rid][1] - arrival
+        else:
+            self.recent_e2e_s += 0.1 * (now - arrival - self.recent_e2e_s)
+            self.recent_ttft_s += 0.1 * (self._meta[rid][1] - arrival - self.recent_ttft_s)
         return self._outcome(rid, COMPLETED, now, self.table.output_tokens[rid])
 
     def _outcome(self, rid: int, status: int, finish_s: float, generated: int) -> Outcome:
@@ -451,6 +466,7 @@ class ContinuousBatcher:
             del self.running[rid]
         else:
             self.waiting.remove(rid)
+            self.waiting_tokens -= self._seq[rid]
             self._spans.pop(rid, None)
         del self._seq[rid]
         return self._outcome(rid, CANCELLED, now, generated)
@@ -461,7 +477,7 @@ class ContinuousBatcher:
         if meta is None or meta[0] == meta[0] or rid in self.running:
             return False
         self.waiting.remove(rid)
-        del self._seq[rid]
+        self.waiting_tokens -= self._seq.pop(rid)
         del self._meta[rid]
         self._spans.pop(rid, None)
         return True
@@ -478,6 +494,7 @@ class ContinuousBatcher:
             self._preempted_at[rid] = now
         del self.running[rid]
         self.waiting.appendleft(rid)
+        self.waiting_tokens += self._seq[rid]
         self._meta[rid][4] += 1
         self.preemptions += 1
 
@@ -515,3 +532,4 @@ class ContinuousBatcher:
         assert self._dec_blocks(self.it) == sum(
             self.kv.blocks_for(a + self.it) for a in self._dec_a.values())
         assert math.isclose(self._dec_sum_a, sum(self._dec_a.values()))
+        assert self.waiting_tokens == sum(self._seq[r] for r in self.waiting)

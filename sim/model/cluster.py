@@ -27,13 +27,15 @@ class NodeSpec:
     block_size: int
     prefix_caching: bool
     batcher: BatcherConfig
+    model: str = ""
 
 
 class Cluster:
     """Builds the nodes and samples their telemetry."""
 
     def __init__(self, env: simpy.Environment, specs: list[NodeSpec], table: RequestTable,
-                 recorder: Recorder, fast_forward: bool = True):
+                 recorder: Recorder, fast_forward: bool = True,
+                 slowdowns: dict[int, tuple[tuple[float, float, float], ...]] | None = None):
         self.env = env
         self.specs = specs
         self.on_done: Callable[[Outcome], None] = _unset_on_done
@@ -42,13 +44,9 @@ class Cluster:
             kv = KVCache(spec.kv_total_blocks, spec.block_size, spec.prefix_caching)
             batcher = ContinuousBatcher(kv, table, spec.batcher, node_id)
             self.nodes.append(GpuNode(env, node_id, batcher, spec.cost, recorder,
-                                      self._node_done, fast_forward))
-        self.infos: tuple[NodeInfo, ...] = tuple(
-            NodeInfo(node_id=i, group=s.group, profile=s.profile,
-                     max_num_seqs=s.batcher.max_num_seqs,
-                     max_num_batched_tokens=s.batcher.max_num_batched_tokens,
-                     kv_total_blocks=s.kv_total_blocks, block_size_tokens=s.block_size)
-            for i, s in enumerate(specs))
+                                      self._node_done, fast_forward,
+                                      (slowdowns or {}).get(node_id, ())))
+        self.infos: tuple[NodeInfo, ...] = tuple(_node_info(i, s) for i, s in enumerate(specs))
 
     def _node_done(self, outcome: Outcome) -> None:
         self.on_done(outcome)
@@ -56,13 +54,31 @@ class Cluster:
     def sample_telemetry(self) -> Telemetry:
         """What every node reports now."""
         now = self.env.now
+        batchers = [n.batcher for n in self.nodes]
         return Telemetry(
             taken_at_s=now,
-            queued=tuple(len(n.batcher.waiting) for n in self.nodes),
-            running=tuple(len(n.batcher.running) for n in self.nodes),
+            queued=tuple(len(b.waiting) for b in batchers),
+            running=tuple(len(b.running) for b in batchers),
             kv_used_blocks=tuple(n.kv_used_blocks(now) for n in self.nodes),
+            queued_tokens=tuple(b.waiting_tokens for b in batchers),
+            recent_ttft_s=tuple(b.recent_ttft_s for b in batchers),
+            recent_e2e_s=tuple(b.recent_e2e_s for b in batchers),
         )
 
 
 def _unset_on_done(outcome: Outcome) -> None:
     raise RuntimeError("Cluster.on_done was not connected to a router")
+
+
+def _node_info(node_id: int, spec: NodeSpec) -> NodeInfo:
+    """What the router knows about a node, with capacity figures from its cost model."""
+    batch = min(64, spec.batcher.max_num_seqs)
+    decode_s = spec.cost.step_s(0, 0, 0, batch, batch * 1024)
+    prefill_s = spec.cost.step_s(2048, 1, 2048 * 2049 // 2, 0, 0)
+    return NodeInfo(node_id=node_id, group=spec.group, profile=spec.profile,
+                    max_num_seqs=spec.batcher.max_num_seqs,
+                    max_num_batched_tokens=spec.batcher.max_num_batched_tokens,
+                    kv_total_blocks=spec.kv_total_blocks, block_size_tokens=spec.block_size,
+                    model=spec.model,
+                    decode_tokens_per_s=batch / decode_s if decode_s > 0 else 0.0,
+                    prefill_tokens_per_s=2048 / prefill_s if prefill_s > 0 else 0.0)

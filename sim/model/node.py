@@ -16,6 +16,11 @@ iteration instead; both give the same per-request times up to float rounding (te
 
 Node events are scheduled with a priority after SimPy's default, so requests arriving at the
 same instant as an iteration boundary join that boundary's plan in both modes.
+
+**Slow-downs** (stragglers): a scenario can make a node run ``factor`` times slower between two
+times; an iteration costs ``factor`` times its profile cost when it *starts* in that interval,
+and a fast-forwarded run is cut at the boundary where the speed changes, as stepping would
+price the next iteration at the new speed.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ class GpuNode:
 
     def __init__(self, env: simpy.Environment, node_id: int, batcher: ContinuousBatcher,
                  cost: CostModel, recorder: Recorder, on_done: Callable[[Outcome], None],
-                 fast_forward: bool = True):
+                 fast_forward: bool = True,
+                 slowdowns: tuple[tuple[float, float, float], ...] = ()):
         self.env = env
         self.node_id = node_id
         self.batcher = batcher
@@ -72,6 +78,12 @@ class GpuNode:
         self._iterations = 0
         self._alpha = 0.0
         self._beta = 0.0
+        #: (start_s, end_s, factor): iterations starting in [start, end) take factor x longer
+        self.slowdowns = slowdowns
+        for start, end, _ in slowdowns:
+            for t in (start, end):
+                if t > 0:
+                    env.timeout(t).callbacks.append(self._speed_changes)
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -115,6 +127,20 @@ class GpuNode:
             self._cut_run(now)  # the new head may fit where the old one did not
         return True
 
+    def speed_factor(self, now: float) -> float:
+        """How many times slower than its profile the node runs iterations starting now."""
+        factor = 1.0
+        for start, end, f in self.slowdowns:
+            if start <= now < end:
+                factor *= f
+        return factor
+
+    def _speed_changes(self, _event: object) -> None:
+        """A slow-down starts or ends: a decode run ends at the iteration in progress, as
+        stepping would price the next iteration at the new speed."""
+        if self._pending is not None and self._iterations > 1:
+            self._cut_run(self.env.now)
+
     # -- telemetry --------------------------------------------------------------------------
 
     def kv_used_blocks(self, now: float) -> int:
@@ -149,6 +175,10 @@ class GpuNode:
             self._alpha = base + per_ctx * plan.decode_ctx_sum
             self._beta = per_ctx * plan.decode_batch
             self._iterations = self.batcher.decode_run_limit() if self.fast_forward else 1
+        if self.slowdowns:
+            factor = self.speed_factor(now)
+            self._alpha *= factor
+            self._beta *= factor
         self._record_state(now)
         self._pending = LateTimeout(self.env, self._run_time(self._iterations), self._end_iteration)
 

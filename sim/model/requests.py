@@ -37,6 +37,13 @@ class RequestTable:
         self._seg_key: list[int] = workload.seg_key.tolist()
         self._seg_len: list[int] = workload.seg_len.tolist()
         self._output_key: list[int] = workload.output_key.tolist()
+        models = workload.extra.get("model")
+        #: the model each request asks for ("" = any), from ``Workload.extra["model"]``
+        self.model: list[str] = [""] * n if models is None else [str(m) for m in models]
+        sheddable = workload.extra.get("sheddable")
+        #: requests admission control may drop, from ``Workload.extra["sheddable"]``
+        self.sheddable: list[bool] = ([False] * n if sheddable is None
+                                      else [bool(s) for s in sheddable])
         nan = math.nan
         # records
         self.node = [-1] * n

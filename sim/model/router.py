@@ -1,97 +1,330 @@
-"""The router: a SimPy process that dispatches each arrival to the node a strategy picks."""
+"""The router: a SimPy process that dispatches each arrival to the node a strategy picks.
+
+Router-local counters (requests and estimated tokens in flight per node) change at every
+dispatch and completion, so they are always fresh. Node telemetry is sampled on a clock of
+period ``telemetry_interval_s``: the sample is taken lazily, at the first routing decision
+after each tick, and reused until the next tick (0 = a fresh sample for every decision).
+
+Beyond one decision per request, the router carries the mechanisms strategies may ask for:
+
+* **admission control**: an ``Admission`` component may reject a request before routing; it
+  is recorded as rejected (node -1), never lost;
+* **hedging and retries**: a strategy that overrides ``hedge_after_s`` / ``retry_after_s``
+  gets a timer per request; at the deadline the router sends a copy to ``choose_other`` (hedge)
+  or withdraws the request and sends it again (retry). The first attempt to finish is the
+  request's record; the other attempts are withdrawn at their node's next iteration boundary
+  and the tokens they computed are counted as wasted work;
+* **rebalancing**: a strategy with ``rebalance_interval_s`` is asked periodically for moves and
+  the router moves queued requests that never started (newest first);
+* **replicas**: ``replicas`` routers share the arrivals round robin, each with its own strategy
+  instance and counters of only its own dispatches (the imbalance real multi-router setups show).
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 
+import numpy as np
 import simpy
 
 from sim.errors import SimulationError
 from sim.model.cluster import Cluster
-from sim.model.requests import Outcome, RequestTable
+from sim.model.requests import CANCELLED, REJECTED, Outcome, RequestTable
 from sim.policy.base import ClusterView, RequestInfo, Strategy, Telemetry
 
 
-class Router:
-    """Streams arrivals in time order, asks the strategy, and keeps router-local counters.
+class Admission:
+    """Admission control at the router: ``admit`` False rejects the request before routing."""
 
-    Router-local counters (requests and estimated tokens in flight per node) change at every
-    dispatch and completion, so they are always fresh. Node telemetry is sampled on a clock of
-    period ``telemetry_interval_s``: the sample is taken lazily, at the first routing decision
-    after each tick, and reused until the next tick (0 = a fresh sample for every decision).
-    """
+    registered_name = ""
+
+    def admit(self, request: RequestInfo, view: ClusterView) -> bool:
+        """Whether to route the request (the base class admits everything)."""
+        return True
+
+
+@dataclass
+class RouterStats:
+    """Counts of what the router's mechanisms did (reported in the summary)."""
+
+    shed: int = 0
+    hedges: int = 0
+    retries: int = 0
+    moves: int = 0
+    cancelled_attempts: int = 0
+    #: tokens computed by attempts that did not become the request's record
+    wasted_tokens: int = 0
+
+
+class Replica:
+    """One router instance: a strategy, its own counters and its own telemetry clock."""
+
+    def __init__(self, router: Router, index: int, strategy: Strategy):
+        self.router = router
+        self.index = index
+        self.strategy = strategy
+        n = len(router.cluster.nodes)
+        self.inflight_requests = [0] * n
+        self.inflight_tokens = [0] * n
+        self.dispatched_since_sample = [0] * n
+        self._telemetry: Telemetry | None = None
+        self._next_sample_s = -math.inf
+        cls = type(strategy)
+        self.hedges = cls.hedge_after_s is not Strategy.hedge_after_s
+        self.retries = cls.retry_after_s is not Strategy.retry_after_s
+        self.watches_first_token = cls.on_first_token is not Strategy.on_first_token
+
+    def view(self, now: float, accepting: tuple[bool, ...]) -> ClusterView:
+        """The snapshot the strategy decides on."""
+        router = self.router
+        if now >= self._next_sample_s:
+            self._telemetry = router.cluster.sample_telemetry()
+            self.dispatched_since_sample = [0] * len(self.dispatched_since_sample)
+            interval = router.telemetry_interval_s
+            self._next_sample_s = (math.floor(now / interval) + 1) * interval if interval else now
+        assert self._telemetry is not None
+        return ClusterView(now, router.cluster.infos, accepting, tuple(self.inflight_requests),
+                           tuple(self.inflight_tokens), self._telemetry,
+                           router.table.prompt_block_ids, tuple(self.dispatched_since_sample),
+                           router.cached_prefix_blocks)
+
+    def send(self, rid: int, node: int) -> None:
+        """Dispatch one attempt of ``rid`` to ``node``."""
+        router = self.router
+        tokens = router.request_tokens[rid]
+        self.inflight_requests[node] += 1
+        self.inflight_tokens[node] += tokens
+        self.dispatched_since_sample[node] += tokens
+        router.table.node[rid] = node
+        router.cluster.nodes[node].submit(rid)
+
+    def release(self, rid: int, node: int) -> None:
+        """An attempt left ``node``."""
+        self.inflight_requests[node] -= 1
+        self.inflight_tokens[node] -= self.router.request_tokens[rid]
+
+
+class Router:
+    """Streams arrivals in time order to its replicas and collects the attempts' outcomes."""
 
     def __init__(self, env: simpy.Environment, cluster: Cluster, table: RequestTable,
-                 strategy: Strategy, telemetry_interval_s: float):
+                 strategies: list[Strategy], telemetry_interval_s: float,
+                 admission: Admission | None = None,
+                 cached_prefix_blocks: Callable[[int, int], int] | None = None):
         self.env = env
         self.cluster = cluster
         self.table = table
-        self.strategy = strategy
         self.telemetry_interval_s = telemetry_interval_s
+        self.admission = admission
+        self.cached_prefix_blocks = cached_prefix_blocks
+        self.stats = RouterStats()
+        self.replicas = [Replica(self, i, s) for i, s in enumerate(strategies)]
+        self.request_tokens = [p + m for p, m in zip(table.prompt_tokens,
+                                                     table.max_output_tokens, strict=True)]
         n = len(cluster.nodes)
-        self.inflight_requests = [0] * n
-        self.inflight_tokens = [0] * n
-        self.accepting = (True,) * n
+        self._accepting_all = (True,) * n
+        self._accepting_by_model: dict[str, tuple[bool, ...]] = {}
+        for model in {info.model for info in cluster.infos}:
+            self._accepting_by_model[model] = tuple(i.model == model for i in cluster.infos)
         self.outstanding = 0
         self.dispatched = 0
         self.arrivals_done = False
         self.drained = env.event()
-        self._telemetry: Telemetry | None = None
-        self._next_sample_s = -math.inf
+        #: live attempts (node ids) of requests with hedge or retry timers
+        self._attempts: dict[int, set[int]] = {}
+        self._final: set[int] = set()
+        self._origin: list[int] | None = None if len(strategies) == 1 else [0] * table.n
         cluster.on_done = self.on_done
+        if any(r.watches_first_token for r in self.replicas):
+            for node in cluster.nodes:
+                node.on_first_token = self._first_token
+        for replica in self.replicas:
+            if replica.strategy.rebalance_interval_s:
+                env.process(self._rebalancer(replica))
+
+    # -- arrivals -------------------------------------------------------------------------------
 
     def run(self) -> Generator[simpy.Event, None, None]:
         """The arrival process: one pending timeout at a time, never a process per request."""
         env = self.env
-        arrivals = self.table.arrival_s
-        for rid, t in enumerate(arrivals):
+        replicas = self.replicas
+        n_rep = len(replicas)
+        for rid, t in enumerate(self.table.arrival_s):
             delay = t - env.now
             if delay > 0:
                 yield env.timeout(delay)
-            self._dispatch(rid)
+            if n_rep == 1:
+                self._dispatch(replicas[0], rid)
+            else:
+                assert self._origin is not None
+                self._origin[rid] = rid % n_rep
+                self._dispatch(replicas[rid % n_rep], rid)
         self.arrivals_done = True
         self._check_drained()
 
-    def _view(self, now: float) -> ClusterView:
-        if now >= self._next_sample_s:
-            self._telemetry = self.cluster.sample_telemetry()
-            interval = self.telemetry_interval_s
-            self._next_sample_s = (math.floor(now / interval) + 1) * interval if interval else now
-        assert self._telemetry is not None
-        return ClusterView(now, self.cluster.infos, self.accepting, tuple(self.inflight_requests),
-                           tuple(self.inflight_tokens), self._telemetry,
-                           self.table.prompt_block_ids)
-
-    def _dispatch(self, rid: int) -> None:
-        now = self.env.now
+    def _info(self, rid: int) -> RequestInfo:
         t = self.table
-        info = RequestInfo(rid, t.arrival_s[rid], t.prompt_tokens[rid], t.max_output_tokens[rid],
-                           t.session_id[rid], t.prefix_group[rid])
-        node = self.strategy.choose(info, self._view(now))
-        if not (isinstance(node, int) and 0 <= node < len(self.accepting)
-                and self.accepting[node]):
-            raise SimulationError(f"strategy '{self.strategy.registered_name}' chose {node!r}, "
-                                  f"not an accepting node id")
-        t.node[rid] = node
-        self.inflight_requests[node] += 1
-        self.inflight_tokens[node] += t.prompt_tokens[rid] + t.max_output_tokens[rid]
+        return RequestInfo(rid, t.arrival_s[rid], t.prompt_tokens[rid], t.max_output_tokens[rid],
+                           t.session_id[rid], t.prefix_group[rid], t.model[rid],
+                           t.sheddable[rid])
+
+    def _accepting(self, info: RequestInfo) -> tuple[bool, ...]:
+        if not info.model:
+            return self._accepting_all
+        accepting = self._accepting_by_model.get(info.model)
+        if accepting is None:
+            raise SimulationError(f"request {info.request_id} asks for model '{info.model}', "
+                                  f"which no node serves")
+        return accepting
+
+    def _dispatch(self, replica: Replica, rid: int) -> None:
+        now = self.env.now
+        info = self._info(rid)
+        view = replica.view(now, self._accepting(info))
         self.outstanding += 1
         self.dispatched += 1
-        self.strategy.on_dispatch(info, node, now)
-        self.cluster.nodes[node].submit(rid)
+        if self.admission is not None and not self.admission.admit(info, view):
+            self.stats.shed += 1
+            self._reject(rid, now)
+            return
+        strategy = replica.strategy
+        node = strategy.choose(info, view)
+        self._check_node(strategy, node, view)
+        strategy.on_dispatch(info, node, now)
+        if replica.hedges or replica.retries:
+            self._arm_timers(replica, info, view, node)
+        replica.send(rid, node)
+
+    def _reject(self, rid: int, now: float) -> None:
+        nan = math.nan
+        self.table.record(Outcome(rid, -1, REJECTED, nan, nan, now, 0, 0, 0, 0, 0))
+        self.outstanding -= 1
+        self._check_drained()
+
+    @staticmethod
+    def _check_node(strategy: Strategy, node: object, view: ClusterView) -> None:
+        if not (isinstance(node, int | np.integer) and 0 <= node < len(view.accepting)
+                and view.accepting[node]):
+            raise SimulationError(f"strategy '{strategy.registered_name}' chose {node!r}, "
+                                  f"not an accepting node id")
+
+    # -- outcomes -------------------------------------------------------------------------------
+
+    def _replica_of(self, rid: int) -> Replica:
+        return self.replicas[0] if self._origin is None else self.replicas[self._origin[rid]]
 
     def on_done(self, outcome: Outcome) -> None:
-        """A request left its node (completed or rejected): record it, release its counters."""
-        t = self.table
+        """An attempt left its node: record the request or count wasted work."""
         rid, node = outcome.request_id, outcome.node_id
-        t.record(outcome)
-        self.inflight_requests[node] -= 1
-        self.inflight_tokens[node] -= t.prompt_tokens[rid] + t.max_output_tokens[rid]
-        self.outstanding -= 1
-        self.strategy.on_finish(outcome)
-        self._check_drained()
+        replica = self._replica_of(rid)
+        replica.release(rid, node)
+        attempts = self._attempts.get(rid)
+        if attempts is None:
+            self.table.record(outcome)
+            replica.strategy.on_finish(outcome)
+            self.outstanding -= 1
+            self._check_drained()
+            return
+        attempts.discard(node)
+        if outcome.status == CANCELLED or rid in self._final:
+            self.stats.cancelled_attempts += outcome.status == CANCELLED
+            self.stats.wasted_tokens += outcome.computed_tokens
+        else:
+            self.table.record(outcome)
+            self._final.add(rid)
+            for other in attempts:
+                self.cluster.nodes[other].cancel(rid)
+        replica.strategy.on_finish(outcome)
+        if not attempts:
+            del self._attempts[rid]
+            self._final.discard(rid)
+            self.outstanding -= 1
+            self._check_drained()
+
+    def _first_token(self, rid: int, node: int, now: float) -> None:
+        self._replica_of(rid).strategy.on_first_token(rid, node, now)
 
     def _check_drained(self) -> None:
         if self.arrivals_done and self.outstanding == 0 and not self.drained.triggered:
             self.drained.succeed()
+
+    # -- hedging and retries --------------------------------------------------------------------
+
+    def _arm_timers(self, replica: Replica, info: RequestInfo, view: ClusterView,
+                    node: int) -> None:
+        strategy = replica.strategy
+        armed = False
+        for delay, fire in ((strategy.hedge_after_s(info, view) if replica.hedges else None,
+                             self._hedge),
+                            (strategy.retry_after_s(info, view) if replica.retries else None,
+                             self._retry)):
+            if delay is not None:
+                timer = self.env.timeout(max(0.0, delay))
+                timer.callbacks.append(lambda _e, f=fire: f(replica, info))
+                armed = True
+        if armed:
+            self._attempts[info.request_id] = {node}
+
+    def _hedge(self, replica: Replica, info: RequestInfo) -> None:
+        attempts = self._attempts.get(info.request_id)
+        if attempts is None or info.request_id in self._final:
+            return
+        view = replica.view(self.env.now, self._accepting(info))
+        node = replica.strategy.choose_other(info, view, frozenset(attempts))
+        if node is None:
+            return
+        self._check_node(replica.strategy, node, view)
+        self.stats.hedges += 1
+        attempts.add(node)
+        replica.send(info.request_id, node)
+
+    def _retry(self, replica: Replica, info: RequestInfo) -> None:
+        rid = info.request_id
+        attempts = self._attempts.get(rid)
+        if attempts is None or rid in self._final:
+            return
+        now = self.env.now
+        view = replica.view(now, self._accepting(info))
+        node = replica.strategy.choose_other(info, view, frozenset(attempts))
+        if node is None:
+            return
+        self._check_node(replica.strategy, node, view)
+        self.stats.retries += 1
+        for other in attempts:
+            self.cluster.nodes[other].cancel(rid)
+        attempts.add(node)
+        replica.send(rid, node)
+        again = replica.strategy.retry_after_s(info, view)
+        if again is not None:
+            self.env.timeout(max(0.0, again)).callbacks.append(
+                lambda _e: self._retry(replica, info))
+
+    # -- rebalancing ----------------------------------------------------------------------------
+
+    def _rebalancer(self, replica: Replica) -> Generator[simpy.Event, None, None]:
+        interval = replica.strategy.rebalance_interval_s
+        assert interval
+        while True:
+            yield self.env.timeout(interval)
+            view = replica.view(self.env.now, self._accepting_all)
+            for src, dst, count in replica.strategy.rebalance(view):
+                self._move(replica, src, dst, count)
+
+    def _move(self, replica: Replica, src: int, dst: int, count: int) -> None:
+        """Move up to ``count`` never-started requests of this replica from src to dst."""
+        if src == dst or count <= 0:
+            return
+        node = self.cluster.nodes[src]
+        movable = [rid for rid in reversed(node.batcher.waiting)
+                   if self._replica_of(rid) is replica and rid not in self._attempts]
+        moved = 0
+        for rid in movable:
+            if moved == count:
+                break
+            if node.take_waiting(rid):
+                replica.release(rid, src)
+                replica.send(rid, dst)
+                moved += 1
+        self.stats.moves += moved

@@ -40,6 +40,8 @@ class RequestInfo(NamedTuple):
     max_output_tokens: int
     session_id: int  # -1: none
     prefix_group: int  # -1: none
+    model: str = ""  # "": any node
+    sheddable: bool = False  # may be dropped by admission control
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,12 @@ class NodeInfo:
     max_num_batched_tokens: int
     kv_total_blocks: int
     block_size_tokens: int
+    model: str = ""
+    #: decode tokens per second at batch min(64, max_num_seqs) with 1024-token contexts,
+    #: from the node's cost model (a capacity figure for weighting)
+    decode_tokens_per_s: float = 0.0
+    #: prefill tokens per second for one 2048-token prompt, from the cost model
+    prefill_tokens_per_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,12 @@ class Telemetry:
     queued: tuple[int, ...]
     running: tuple[int, ...]
     kv_used_blocks: tuple[int, ...]
+    #: prompt (and recompute) tokens of the waiting requests
+    queued_tokens: tuple[int, ...] = ()
+    #: exponentially weighted mean TTFT and end-to-end latency of recent completions (NaN
+    #: before the first); weight 0.1 per completion
+    recent_ttft_s: tuple[float, ...] = ()
+    recent_e2e_s: tuple[float, ...] = ()
 
 
 class ClusterView(NamedTuple):
@@ -80,6 +94,13 @@ class ClusterView(NamedTuple):
     telemetry: Telemetry
     #: ``prompt_block_ids(request_id, block_size)``: the request's shareable prompt block ids
     prompt_block_ids: Callable[[int, int], list[int]]
+    #: router-local tokens (prompt + max output) dispatched to each node since the telemetry
+    #: sample was taken (what SGLang's ``least_load`` adds to the polled queue)
+    dispatched_tokens_since_sample: tuple[int, ...] = ()
+    #: ``cached_prefix_blocks(node_id, request_id)``: prompt blocks of the request in the
+    #: node's prefix cache as the node's KV events told the router (``router.kv_events``);
+    #: None when the scenario does not publish KV events
+    cached_prefix_blocks: Callable[[int, int], int] | None = None
 
     @property
     def n_nodes(self) -> int:
@@ -131,6 +152,38 @@ class Strategy(abc.ABC):
     def on_finish(self, outcome: Outcome) -> None:  # noqa: B027
         """Called when a request leaves its node: completed, rejected or withdrawn
         (``outcome.status``), with its timings and the tokens it generated."""
+
+    # -- optional capabilities (the router uses them only if a strategy overrides them) ---
+
+    #: period of ``rebalance`` calls in seconds; None: never called
+    rebalance_interval_s: float | None = None
+
+    def hedge_after_s(self, request: RequestInfo, view: ClusterView) -> float | None:
+        """Delay after dispatch at which, if the request has not finished, the router sends a
+        copy to ``choose_other``; the first copy to finish wins and the others are withdrawn.
+        None: no hedge."""
+        return None
+
+    def retry_after_s(self, request: RequestInfo, view: ClusterView) -> float | None:
+        """Delay after dispatch at which, if the request has not finished, the router
+        withdraws it and dispatches it again to ``choose_other``. None: no retry."""
+        return None
+
+    def choose_other(self, request: RequestInfo, view: ClusterView,
+                     exclude: frozenset[int]) -> int | None:
+        """A node for a hedge copy or a retry, not in ``exclude`` (None: none suitable).
+
+        Default: ``choose`` on the view with the excluded nodes not accepting.
+        """
+        accepting = tuple(ok and i not in exclude for i, ok in enumerate(view.accepting))
+        if not any(accepting):
+            return None
+        return self.choose(request, view._replace(accepting=accepting))
+
+    def rebalance(self, view: ClusterView) -> list[tuple[int, int, int]]:
+        """Moves ``(from_node, to_node, n)``: the router moves up to ``n`` queued requests
+        that never started from one node to the other (newest first)."""
+        return []
 
 
 strategies: Registry[type[Strategy]] = Registry("strategy")
