@@ -58,8 +58,8 @@ class Extent:
 class KVCache:
     """Block accounting for one node's KV cache."""
 
-    __slots__ = ("_extents", "_lru", "block_size", "empty", "evictions", "free_cached",
-                 "prefix_caching", "private", "total_blocks")
+    __slots__ = ("_extents", "_lru", "block_size", "empty", "events", "evictions",
+                 "free_cached", "prefix_caching", "private", "total_blocks")
 
     def __init__(self, total_blocks: int, block_size: int = 16, prefix_caching: bool = True):
         if total_blocks < 1:
@@ -80,6 +80,9 @@ class KVCache:
         self._extents: dict[int, list[Extent]] = {}
         #: free extents, least recently freed first
         self._lru: OrderedDict[Extent, None] = OrderedDict()
+        #: when a list: ``(key, cached blocks)`` appended whenever a key's cached prefix
+        #: changes (the engine's KV events, for routers that track them)
+        self.events: list[tuple[int, int]] | None = None
 
     @property
     def free_blocks(self) -> int:
@@ -258,9 +261,13 @@ class KVCache:
                 run.pop()
                 if not run:
                     del self._extents[ext.key]
+            if self.events is not None:
+                self.events.append((ext.key, ext.end))
 
     def _append(self, key: int, start: int, end: int, ref: int) -> Extent:
         """Cache blocks ``[start, end)`` of ``key``; the caller puts a free extent in the LRU."""
+        if self.events is not None:
+            self.events.append((key, end))
         run = self._extents.setdefault(key, [])
         last = run[-1] if run else None
         if last is not None and last.ref == ref and ref > 0:

@@ -72,6 +72,8 @@ class GpuNode:
         self.on_first_token: Callable[[int, int, float], None] | None = None
         self.fast_forward = fast_forward
         self._to_cancel: list[int] = []
+        #: ``(time, segment key, cached blocks)`` KV events, when ``publish_kv_events`` was called
+        self.kv_log: list[tuple[float, int, int]] = []
         self._pending: LateTimeout | None = None
         self._plan: Plan | None = None
         self._run_start = 0.0
@@ -127,6 +129,16 @@ class GpuNode:
             self._cut_run(now)  # the new head may fit where the old one did not
         return True
 
+    def publish_kv_events(self) -> None:
+        """Start logging the prefix cache's changes (what vLLM's KV events would publish)."""
+        self.batcher.kv.events = []
+
+    def _flush_kv_events(self, now: float) -> None:
+        events = self.batcher.kv.events
+        if events:
+            self.kv_log.extend((now, key, blocks) for key, blocks in events)
+            events.clear()
+
     def speed_factor(self, now: float) -> float:
         """How many times slower than its profile the node runs iterations starting now."""
         factor = 1.0
@@ -156,6 +168,8 @@ class GpuNode:
             return
         now = self.env.now
         plan = self.batcher.plan(now)
+        if self.batcher.kv.events:
+            self._flush_kv_events(now)
         if plan is None:
             self._pending = None
             self._plan = None
@@ -201,6 +215,8 @@ class GpuNode:
                 if outcome is not None:
                     self.on_done(outcome)
             self._to_cancel.clear()
+        if batcher.kv.events:
+            self._flush_kv_events(now)
         self._pending = event  # _start_iteration accepts the event it is handed
         self._start_iteration(event)
 
