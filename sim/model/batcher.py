@@ -498,6 +498,19 @@ class ContinuousBatcher:
         self._meta[rid][4] += 1
         self.preemptions += 1
 
+    # -- hooks for batch policies that adapt or wait -------------------------------------
+
+    #: True for policies that use ``observe_run`` (the node skips the call otherwise)
+    observes_runs = False
+
+    def observe_run(self, iterations: int, duration_s: float, decode_batch: int) -> None:
+        """Told after each iteration or decode run how long it took (for adaptive policies)."""
+
+    def next_wakeup(self, now: float) -> float | None:
+        """When ``plan`` returned None with requests waiting: the time at which the policy
+        wants to plan again (a batching timeout), or None. Continuous batching never waits."""
+        return None
+
     # -- observation ------------------------------------------------------------------------
 
     def in_flight(self, now: float) -> list[Outcome]:

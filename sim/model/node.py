@@ -97,8 +97,9 @@ class GpuNode:
         if rejected is not None:
             self.on_done(rejected)
             return
-        if self._pending is None:
-            # idle: an iteration starts now, after other events at this instant (and records)
+        if self._pending is None or (self._plan is None and self._iterations == 0):
+            # idle or waiting for a batching timeout: plan now, after other events at this
+            # instant (the iteration start records the state)
             self._pending = LateTimeout(self.env, 0.0, self._start_iteration)
             return
         self._record_state(now)
@@ -175,6 +176,10 @@ class GpuNode:
             self._plan = None
             self._iterations = 0
             self._record_state(now)
+            wake = self.batcher.next_wakeup(now) if self.batcher.waiting else None
+            if wake is not None:
+                self._pending = LateTimeout(self.env, max(0.0, wake - now),
+                                            self._start_iteration)
             return
         self._plan = plan
         self._run_start = now
@@ -204,6 +209,8 @@ class GpuNode:
         assert plan is not None
         self._book_run(plan, k, now)
         batcher = self.batcher
+        if batcher.observes_runs:
+            batcher.observe_run(k, now - self._run_start, plan.decode_batch)
         for outcome in batcher.apply(plan, k, now):
             self.on_done(outcome)
         if self.on_first_token is not None:
