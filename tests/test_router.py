@@ -11,7 +11,8 @@ from sim.model.cluster import Cluster, NodeSpec
 from sim.model.cost import cost_models
 from sim.model.kv_events import KvEventMirror
 from sim.model.requests import COMPLETED, REJECTED, RequestTable
-from sim.model.router import Admission, Router
+from sim.model.router import Router
+from sim.policy.admission import Admission
 from sim.policy.base import ClusterView, RequestInfo, Strategy
 from sim.workload.base import Workload, unique_prompt_workload
 
@@ -136,7 +137,7 @@ class RejectOdd(Admission):
 
 def test_admission_rejections_are_recorded_not_lost():
     """Requests admission control drops are recorded as rejected on no node."""
-    table, router = simulate([make(FirstNode)], workload(n=50), admission=RejectOdd())
+    table, router = simulate([make(FirstNode)], workload(n=50), admission=make(RejectOdd))
     assert router.stats.shed == 25
     assert [table.status[i] for i in range(50)] == [COMPLETED, REJECTED] * 25
     assert all(table.node[i] == -1 for i in range(1, 50, 2))

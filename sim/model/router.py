@@ -32,17 +32,8 @@ import simpy
 from sim.errors import SimulationError
 from sim.model.cluster import Cluster
 from sim.model.requests import CANCELLED, REJECTED, Outcome, RequestTable
+from sim.policy.admission import Admission
 from sim.policy.base import ClusterView, RequestInfo, Strategy, Telemetry
-
-
-class Admission:
-    """Admission control at the router: ``admit`` False rejects the request before routing."""
-
-    registered_name = ""
-
-    def admit(self, request: RequestInfo, view: ClusterView) -> bool:
-        """Whether to route the request (the base class admits everything)."""
-        return True
 
 
 @dataclass
