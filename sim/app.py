@@ -11,6 +11,7 @@ import simpy
 
 import sim
 from sim.build import ResolvedScenario, resolve
+from sim.errors import ScenarioError
 from sim.results import check_writable, run_dir, write_run
 from sim.runner import Progress, RunResult, simulate, workload_for
 from sim.scenario import apply_override, parse_scenario, read_raw
@@ -21,14 +22,18 @@ ProgressFactory = Callable[[str, int], Progress | None]
 
 def load(path: Path, overrides: Sequence[str] = (), *, seed: int | None = None,
          replications: int | None = None, strategies: Sequence[str] = ()) -> ResolvedScenario:
-    """Read, override, validate and resolve a scenario file; raises ``InputError`` subclasses."""
+    """Read, override, validate and resolve a scenario file.
+
+    Raises:
+        ScenarioError: any problem with the file, an override or a ``--strategy`` name; the
+            message names ``path``, the field and what was expected.
+    """
     raw = read_raw(path)
     for assignment in overrides:
         try:
             apply_override(raw, assignment)
-        except Exception as exc:  # re-raised with the file named
-            from sim.errors import ScenarioError
-            raise ScenarioError(str(exc), source=str(path)) from None
+        except ScenarioError as exc:
+            raise ScenarioError(exc.detail, source=str(path), field=exc.field) from None
     if seed is not None:
         raw["seed"] = seed
     if replications is not None:
@@ -39,7 +44,11 @@ def load(path: Path, overrides: Sequence[str] = (), *, seed: int | None = None,
 
 def run_all(resolved: ResolvedScenario, out: Path, *, force: bool = False,
             progress: ProgressFactory | None = None) -> list[RunResult]:
-    """Run every chosen strategy on every replication and write the result directories."""
+    """Run every chosen strategy on every replication and write the result directories.
+
+    Existing directories are refused before anything runs unless ``force``; each directory
+    appears atomically when its run has finished.
+    """
     sc = resolved.scenario
     reps = range(sc.replications)
     targets = [run_dir(out, sc.name, c.label, sc.seed + k)
@@ -47,7 +56,12 @@ def run_all(resolved: ResolvedScenario, out: Path, *, force: bool = False,
     check_writable(targets, force)
     results = []
     for k in reps:
-        workload = workload_for(resolved, k)
+        try:
+            workload = workload_for(resolved, k)
+        except ScenarioError as exc:  # e.g. a trace record that only a full read finds
+            if exc.source is not None:
+                raise
+            raise ScenarioError(exc.detail, source=resolved.source, field=exc.field) from None
         for choice in resolved.strategies:
             cb = progress(choice.label, k) if progress else None
             result = simulate(resolved, choice, k, workload, cb)
@@ -58,8 +72,6 @@ def run_all(resolved: ResolvedScenario, out: Path, *, force: bool = False,
 
 def _write(resolved: ResolvedScenario, result: RunResult, out: Path, force: bool) -> None:
     sc = resolved.scenario
-    from sim.metrics.summary import RunData  # noqa: F401  (documentation of what timeline reads)
-
     scenario = sc.model_dump(mode="json")
     scenario["run"] = {"strategy": result.label, "replication": result.replication,
                        "seed": result.seed, "source": resolved.source}

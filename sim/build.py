@@ -14,7 +14,7 @@ import sim.policy  # noqa: F401  (registers the built-in strategies)
 from sim.errors import ProfileError, ScenarioError
 from sim.model.batcher import batchers
 from sim.model.cluster import NodeSpec
-from sim.model.cost import cost_models
+from sim.model.cost import CostModel, cost_models
 from sim.policy.base import Strategy, StrategyParams, strategies
 from sim.scenario import NodeGroupSpec, Scenario, StrategySpec
 from sim.spec import build_params
@@ -43,13 +43,20 @@ class ResolvedScenario:
     source: str
     node_specs: list[NodeSpec]
     strategies: list[StrategyChoice]
+    #: the scenario file's folder: relative profile and trace paths start there
+    base_dir: Path | None = None
 
 
 def resolve(scenario: Scenario, source: str, base_dir: Path,
             only: tuple[str, ...] = ()) -> ResolvedScenario:
-    """Check and build all components; ``only`` selects strategies by label or name."""
+    """Check and build all components; ``only`` selects strategies by label or name.
+
+    Raises:
+        ScenarioError: naming ``source`` (the scenario file), the field path and, for profile
+            problems, the profile file.
+    """
     try:
-        check_workload_spec(scenario.workload)
+        check_workload_spec(scenario.workload, base_dir=base_dir)
         nodes: list[NodeSpec] = []
         for gi, group in enumerate(scenario.cluster.node_groups):
             spec = _node_spec(group, f"cluster.node_groups.{gi}", base_dir)
@@ -57,56 +64,86 @@ def resolve(scenario: Scenario, source: str, base_dir: Path,
         chosen = _choose_strategies(scenario, only)
     except ScenarioError as exc:
         if exc.source is None:
-            raise ScenarioError(str(exc), source=source) from None
+            raise ScenarioError(exc.detail, source=source, field=exc.field) from None
         raise
-    return ResolvedScenario(scenario, source, nodes, chosen)
+    return ResolvedScenario(scenario, source, nodes, chosen, base_dir)
+
+
+#: the engine limit a profile's ``check_limits`` refusal is about, by the profile field
+_LIMIT_FIELDS = {"step_model.lin": "max_num_batched_tokens", "step_model.head": "max_num_seqs"}
 
 
 def _node_spec(group: NodeGroupSpec, path: str, base_dir: Path) -> NodeSpec:
     cls, params = build_params(cost_models, group.cost_model, f"{path}.cost_model")
     try:
         cost = cls(params, base_dir=base_dir)
-    except ProfileError as exc:
-        raise ScenarioError(f"{path}.cost_model: {exc}") from None
+    except ProfileError as exc:  # the message names the profile file and its field
+        raise ScenarioError(str(exc), field=f"{path}.cost_model.params.profile") from None
     bs = group.block_size_tokens
-    tokens = group.kv_capacity_tokens
-    if tokens is None:
-        tokens = cost.kv_capacity_tokens(group.gpu_memory_utilization, bs)
-        if tokens is None:
-            raise ScenarioError(f"{path}.kv_capacity_tokens: required with cost model "
-                                f"'{group.cost_model.name}', which has no KV capacity of its own")
-    if tokens < bs:
-        raise ScenarioError(f"{path}.kv_capacity_tokens: a KV cache of {tokens} tokens is "
-                            f"smaller than one block of {bs} tokens")
+    tokens = _kv_tokens(group, cost, path)
     bcls, bparams = build_params(batchers, group.batcher, f"{path}.batcher")
     limits = [x for x in (group.max_model_len_tokens, cost.max_model_len) if x is not None]
     config = bcls.config(bparams, min(limits) if limits else None)
     if config.max_num_batched_tokens < config.max_num_seqs:
-        raise ScenarioError(f"{path}.batcher.params.max_num_batched_tokens: must be >= "
-                            f"max_num_seqs ({config.max_num_seqs}), as vLLM requires")
+        raise ScenarioError(f"expected at least max_num_seqs ({config.max_num_seqs}), as vLLM "
+                            f"requires, got {config.max_num_batched_tokens}",
+                            field=f"{path}.batcher.params.max_num_batched_tokens")
     try:
         cost.check_limits(config.max_num_batched_tokens, config.max_num_seqs)
     except ProfileError as exc:
-        raise ScenarioError(f"{path}.batcher.params: {exc}") from None
+        limit = _LIMIT_FIELDS.get(exc.field or "", "")
+        raise ScenarioError(f"{exc.detail} (profile {exc.source})",
+                            field=f"{path}.batcher.params{'.' if limit else ''}{limit}") from None
     return NodeSpec(group=group.name, profile=cost.description, cost=cost,
                     kv_total_blocks=tokens // bs, block_size=bs,
                     prefix_caching=group.prefix_caching, batcher=config)
 
 
+def _kv_tokens(group: NodeGroupSpec, cost: CostModel, path: str) -> int:
+    """The node's KV capacity in tokens, checked to hold at least one block."""
+    bs = group.block_size_tokens
+    tokens = group.kv_capacity_tokens
+    if tokens is not None:
+        if tokens < bs:
+            raise ScenarioError(f"expected at least one block ({bs} tokens, block_size_tokens), "
+                                f"got {tokens}", field=f"{path}.kv_capacity_tokens")
+        return tokens
+    tokens = cost.kv_capacity_tokens(group.gpu_memory_utilization, bs)
+    if tokens is None:
+        raise ScenarioError(f"required with cost model '{group.cost_model.name}', which has "
+                            f"no KV capacity of its own; expected a number of tokens",
+                            field=f"{path}.kv_capacity_tokens")
+    if tokens < bs:
+        util = group.gpu_memory_utilization
+        field = "gpu_memory_utilization" if util is not None else "cost_model.params.profile"
+        raise ScenarioError(f"leaves a KV cache of {tokens} tokens on {cost.description}, "
+                            f"less than one block ({bs} tokens); expected room for the KV "
+                            f"cache after weights and activations", field=f"{path}.{field}")
+    return tokens
+
+
 def _choose_strategies(scenario: Scenario, only: tuple[str, ...]) -> list[StrategyChoice]:
-    specs = list(scenario.router.strategies)
-    if only:
-        by_key = {s.display: s for s in specs} | {s.name: s for s in specs if s.label is None}
-        picked = []
-        for name in only:
-            if name in by_key:
-                picked.append(by_key[name])
-            else:
-                strategies.get(name)  # raises with suggestions if unknown
-                picked.append(StrategySpec(name=name))
-        specs = picked
+    """The scenario's strategies (all checked), or those ``only`` names: labels, names, or
+    registered names run with default parameters; a repeated name runs once."""
     chosen = []
-    for i, spec in enumerate(specs):
+    for i, spec in enumerate(scenario.router.strategies):
         cls, params = build_params(strategies, spec, f"router.strategies.{i}")
         chosen.append(StrategyChoice(spec, cls, params))  # type: ignore[arg-type]
-    return chosen
+    if not only:
+        return chosen
+    by_key = {c.label: c for c in chosen} | {c.spec.name: c for c in chosen
+                                              if c.spec.label is None}
+    picked: dict[str, StrategyChoice] = {}
+    for name in only:
+        choice = by_key.get(name)
+        if choice is None:
+            spec = StrategySpec(name=name)
+            try:
+                cls, params = build_params(strategies, spec, "--strategy")
+            except ScenarioError as exc:
+                raise ScenarioError(f"{exc.detail}; expected a registered name or a label of "
+                                    f"the scenario's router.strategies",
+                                    field="--strategy") from None
+            choice = StrategyChoice(spec, cls, params)  # type: ignore[arg-type]
+        picked.setdefault(choice.label, choice)
+    return list(picked.values())

@@ -11,11 +11,21 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from sim.errors import InputError, SimulationError
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.splitlines())
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """Print ``message`` as one line on stderr and exit with ``code``."""
+    click.echo(_one_line(message), err=True)
+    sys.exit(code)
 
 
 def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -24,15 +34,49 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except InputError as exc:
-            click.echo(f"simlb: error: {exc}", err=True)
-            sys.exit(2)
+            _fail(f"simlb: error: {exc}", 2)
         except SimulationError as exc:
-            click.echo(f"simlb: simulation failed: {exc}", err=True)
-            sys.exit(1)
+            _fail(f"simlb: simulation failed: {exc}", 1)
     return wrapper
 
 
-@click.group()
+class _UsageLine(click.ClickException):
+    """A command-line usage error shown on one line (click adds the usage text otherwise)."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        """Print the one-line message on stderr."""
+        click.echo(f"simlb: error: {self.format_message()}", err=True)
+
+
+def _usage_line(exc: click.UsageError) -> click.ClickException:
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        return exc  # not an error: the help text is what the user asked for
+    where = exc.ctx.command_path if exc.ctx else "simlb"
+    return _UsageLine(f"{where}: {_one_line(exc.format_message())} (see '{where} --help')")
+
+
+class _Group(click.Group):
+    """The ``simlb`` group: usage errors of it and its commands become one-line messages."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        """Parse the group's own options; usage errors are shown on one line."""
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _usage_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Parse and run the sub-command; usage errors are shown on one line."""
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _usage_line(exc) from None
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="simlb")
 def main() -> None:
     """simlb: compare load-balancing strategies on a simulated LLM inference cluster."""
@@ -62,15 +106,15 @@ def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
 
     from sim import app
     from sim.console import comparison_table, progress_bars
+    from sim.results import dumps_json
 
     resolved = app.load(scenario, overrides, seed=seed, replications=replications,
                         strategies=strategies)
     console = Console(stderr=True)
     with progress_bars(console, enabled=not quiet and not as_json) as factory:
         results = app.run_all(resolved, out, force=force, progress=factory)  # type: ignore[arg-type]
-    if as_json:
-        click.echo(json.dumps({f"{r.label}/seed-{r.seed}": r.summary for r in results},
-                              indent=2, sort_keys=True, default=str))
+    if as_json:  # strict JSON: NaN and infinity become null
+        click.echo(dumps_json({f"{r.label}/seed-{r.seed}": r.summary for r in results}), nl=False)
         return
     out_console = Console() if sys.stdout.isatty() else Console(width=200)
     out_console.print(comparison_table(results, f"{resolved.scenario.name}: "
@@ -90,7 +134,7 @@ def validate(files: tuple[Path, ...]) -> None:
         try:
             resolved = app.load(path)
         except InputError as exc:
-            click.echo(f"simlb: error: {exc}", err=True)
+            click.echo(_one_line(f"simlb: error: {exc}"), err=True)
             failed += 1
             continue
         sc = resolved.scenario

@@ -47,7 +47,8 @@ class RunResult:
 def workload_for(resolved: ResolvedScenario, replication: int) -> Workload:
     """The request stream of a replication (identical for every strategy)."""
     sc = resolved.scenario
-    return build_workload(sc.workload, sc.duration_s, sc.seed + replication)
+    return build_workload(sc.workload, sc.duration_s, sc.seed + replication,
+                          base_dir=resolved.base_dir)
 
 
 def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: int,

@@ -15,52 +15,65 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from sim.errors import ScenarioError
 from sim.spec import ComponentSpec, StrictModel, format_validation_error
 from sim.workload.spec import WorkloadSpec
 
 SCHEMA_VERSION = 1
+#: names of scenarios, groups and labels: they become folder names, so no leading dot
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 GRADE_SENSES = ("batch_occupancy", "kv_occupancy", "busy", "token_share", "mfu")
 
 
 class Model(StrictModel):
     """Scenario models: frozen, strict about unknown keys, no NaN or infinity."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
 
 class NodeGroupSpec(Model):
     """``count`` identical nodes (each one model replica, possibly on several GPUs)."""
 
-    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
-    count: int = Field(ge=1)
+    name: str = Field("default", pattern=NAME_PATTERN,
+                      description="group name shown to strategies and in node tables")
+    count: int = Field(ge=1, description="number of identical nodes in the group")
     cost_model: ComponentSpec = Field(
-        description="{name: profile, params: {profile: h100/llama-3-8b}} or a test double")
+        description="iteration cost model (cost_model registry), e.g. {name: profile, "
+                    "params: {profile: h100/llama-3-8b}}")
     kv_capacity_tokens: int | None = Field(
-        None, ge=1, description="KV cache size of the node; default: from the profile")
+        None, ge=1, description="KV cache size of one node; null: from the profile "
+                                "(required with a cost model that has none)")
     gpu_memory_utilization: float | None = Field(
-        None, gt=0, le=1, description="recompute the profile's KV capacity for this setting")
-    block_size_tokens: int = Field(16, ge=1, le=1024)
-    prefix_caching: bool = True
-    max_model_len_tokens: int | None = Field(None, ge=2)
-    batcher: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="continuous"))
+        None, gt=0, le=1, description="fraction of GPU memory vLLM may use, to recompute the "
+                                      "profile's KV capacity; null: the profile's own value")
+    block_size_tokens: int = Field(16, ge=1, le=1024, description="tokens per KV block")
+    prefix_caching: bool = Field(True, description="share full prompt blocks between requests "
+                                                   "(vLLM automatic prefix caching)")
+    max_model_len_tokens: int | None = Field(
+        None, ge=2, description="longest prompt + max_output_tokens a node accepts (longer "
+                                "requests are rejected); the profile's context limit applies "
+                                "too")
+    batcher: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="continuous"),
+                                   description="engine scheduler and its limits (batcher "
+                                               "registry)")
 
 
 class ClusterSpec(Model):
     """The nodes, in groups."""
 
-    node_groups: list[NodeGroupSpec] = Field(min_length=1)
+    node_groups: list[NodeGroupSpec] = Field(min_length=1,
+                                             description="the groups of identical nodes")
     fast_forward: bool = Field(
-        True, description="compute runs of identical decode iterations in closed form")
+        True, description="compute runs of identical decode iterations in closed form (same "
+                          "results, faster)")
 
 
 class StrategySpec(ComponentSpec):
     """A strategy to compare, with an optional label (default: its name)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    label: str | None = Field(None, pattern=NAME_PATTERN,
+                              description="name in tables and result paths; null: the name")
 
     @property
     def display(self) -> str:
@@ -71,25 +84,31 @@ class StrategySpec(ComponentSpec):
 class RouterSpec(Model):
     """The strategies to compare and what the router observes."""
 
-    strategies: list[StrategySpec] = Field(min_length=1)
+    strategies: list[StrategySpec] = Field(
+        min_length=1, description="strategies to compare, each {name, params, label}; "
+                                  "labels must be unique")
     telemetry_interval_s: float = Field(
-        0.1, ge=0, description="node telemetry refresh period; 0 = fresh for every decision")
+        0.1, ge=0, description="node telemetry refresh period; 0: fresh for every decision")
 
-    @model_validator(mode="after")
-    def _unique_labels(self) -> RouterSpec:
-        labels = [s.display for s in self.strategies]
-        dupes = sorted({x for x in labels if labels.count(x) > 1})
-        if dupes:
-            raise ValueError(f"strategy labels must be unique; give a 'label' to: {dupes}")
-        return self
+    @field_validator("strategies")
+    @classmethod
+    def _unique_labels(cls, specs: list[StrategySpec]) -> list[StrategySpec]:
+        labels = [s.display for s in specs]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                raise ValueError(f"items {labels.index(label)} and {i} are both labelled "
+                                 f"'{label}'; expected unique labels (give each a 'label')")
+        return specs
 
 
 class SloSpec(Model):
     """Per-request service-level objectives; goodput counts requests meeting all of them."""
 
-    ttft_s: float | None = Field(None, gt=0)
-    tpot_s: float | None = Field(None, gt=0)
-    e2e_s: float | None = Field(None, gt=0)
+    ttft_s: float | None = Field(None, gt=0, description="time to first token limit; "
+                                                        "null: none")
+    tpot_s: float | None = Field(None, gt=0, description="limit on a request's mean time per "
+                                                        "output token after the first")
+    e2e_s: float | None = Field(None, gt=0, description="end-to-end latency limit")
 
 
 class MetricsSpec(Model):
@@ -97,33 +116,40 @@ class MetricsSpec(Model):
 
     bucket_s: float = Field(1.0, gt=0, description="width of the over-time series buckets")
     grade_on: Literal["batch_occupancy", "kv_occupancy", "busy", "token_share", "mfu"] = Field(
-        "batch_occupancy", description="which utilisation sense the balance grade uses")
+        "batch_occupancy", description="which utilisation sense the balance grade (CV over "
+                                       "nodes) uses")
 
 
 class Scenario(Model):
     """A whole scenario file."""
 
-    schema_version: Literal[1]
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    description: str = ""
-    seed: int = Field(0, ge=0)
-    replications: int = Field(1, ge=1)
+    schema_version: Literal[1] = Field(description="version of this file format")
+    name: str = Field(pattern=NAME_PATTERN, description="results go to <out>/<name>/")
+    description: str = Field("", description="free text")
+    seed: int = Field(0, ge=0, description="root seed; replication k uses seed + k")
+    replications: int = Field(1, ge=1, description="runs per strategy, with seeds "
+                                                  "seed .. seed + replications - 1")
     duration_s: float = Field(gt=0, description="arrivals are generated in [0, duration_s)")
-    warmup_s: float = Field(0.0, ge=0, description="requests arriving earlier are not measured")
+    warmup_s: float = Field(0.0, ge=0, description="requests arriving earlier are simulated "
+                                                  "but not measured; below duration_s")
     drain_timeout_s: float = Field(
-        600.0, ge=0, description="how long past duration_s to let requests finish")
-    cluster: ClusterSpec
-    router: RouterSpec
-    workload: WorkloadSpec
-    slo: SloSpec = Field(default_factory=SloSpec)
-    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+        600.0, ge=0, description="how long past duration_s to let requests finish; later "
+                                 "ones count as unfinished")
+    cluster: ClusterSpec = Field(description="the GPU nodes")
+    router: RouterSpec = Field(description="the strategies to compare and the router's view")
+    workload: WorkloadSpec = Field(description="the requests")
+    slo: SloSpec = Field(default_factory=SloSpec, description="service-level objectives for "
+                                                              "goodput")
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec,
+                                 description="measurement settings")
 
-    @model_validator(mode="after")
-    def _warmup_inside(self) -> Scenario:
-        if self.warmup_s >= self.duration_s:
-            raise ValueError(f"warmup_s ({self.warmup_s}) must be below duration_s "
-                             f"({self.duration_s})")
-        return self
+    @field_validator("warmup_s")
+    @classmethod
+    def _warmup_inside(cls, warmup_s: float, info: ValidationInfo) -> float:
+        duration_s = info.data.get("duration_s")  # absent when it failed validation itself
+        if duration_s is not None and warmup_s >= duration_s:
+            raise ValueError(f"expected less than duration_s ({duration_s:g}), got {warmup_s:g}")
+        return warmup_s
 
     @property
     def n_nodes(self) -> int:
@@ -132,67 +158,122 @@ class Scenario(Model):
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one ``a.b.0.c=value`` assignment to the raw scenario tree, in place."""
-    if "=" not in assignment:
-        raise ScenarioError(f"--set expects key.path=value, got {assignment!r}")
-    path, _, text = assignment.partition("=")
-    keys = [k for k in path.strip().split(".") if k]
-    if not keys:
-        raise ScenarioError(f"--set has an empty key path in {assignment!r}")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        value = text
+    """Apply one ``a.b.0.c=value`` assignment to the raw scenario tree, in place.
+
+    The value is parsed as a YAML scalar or flow collection (``4``, ``0.5``, ``true``,
+    ``[1, 2]``, ``{name: poisson}``); text that is not valid YAML stays a string; ``null`` or
+    nothing removes the key (its default applies). Missing mapping keys are created, so a
+    typo is left for validation to report with its path.
+
+    Raises:
+        ScenarioError: no ``=``, an empty path, a path through a value, or a list index that
+            is not an integer within the list (``field`` is the ``--set`` path).
+    """
+    path, eq, text = assignment.partition("=")
+    path = path.strip()
+    if not eq:
+        raise ScenarioError(f"expected key.path=value, got {assignment!r}", field="--set")
+    keys = path.split(".")
+    if not all(keys):
+        raise ScenarioError(f"expected a dotted key path like cluster.node_groups.0.count, "
+                            f"got {path!r}", field="--set")
+    value = _parse_value(text)
     node: Any = raw
-    for i, key in enumerate(keys):
-        last = i == len(keys) - 1
-        where = ".".join(keys[: i + 1])
-        if isinstance(node, list):
-            if not key.isdigit() or int(key) >= len(node):
-                raise ScenarioError(f"--set {path}: {where} is not an index of a "
-                                    f"{len(node)}-item list")
-            key_i = int(key)
-            if last:
-                node[key_i] = value
+    for i in range(len(keys)):
+        step = _step(node, keys, i, path)
+        if i == len(keys) - 1:
+            if value is None and isinstance(node, dict):
+                node.pop(step, None)  # null removes the key, so its default applies
             else:
-                node = node[key_i]
-        elif isinstance(node, dict):
-            if last:
-                node[key] = value
-            else:
-                node = node.setdefault(key, {})
+                node[step] = value
         else:
-            raise ScenarioError(f"--set {path}: {'.'.join(keys[:i])} is a value, not a mapping")
+            if isinstance(node, dict) and node.get(step) is None:
+                node[step] = {}  # a missing or null mapping is created
+            node = node[step]
+
+
+def _step(node: Any, keys: list[str], i: int, path: str) -> str | int:
+    """The dict key or list index ``keys[i]`` addresses in ``node``."""
+    key = keys[i]
+    if isinstance(node, dict):
+        return key
+    if isinstance(node, list):
+        if key.isdigit() and int(key) < len(node):
+            return int(key)
+        where = ".".join(keys[: i + 1])
+        valid = f"0..{len(node) - 1}" if node else "none: the list is empty"
+        raise ScenarioError(f"{where}: expected a list index ({valid}), got {key!r}",
+                            field=f"--set {path}")
+    shown = repr(node) if len(repr(node)) <= 40 else repr(node)[:37] + "..."
+    raise ScenarioError(f"{'.'.join(keys[:i])} is a value ({shown}), not a mapping or list",
+                        field=f"--set {path}")
+
+
+def _parse_value(text: str) -> Any:
+    """``--set`` value: a YAML scalar or flow collection; plain text if it is not YAML."""
+    if not text.strip():
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def read_raw(path: Path) -> dict[str, Any]:
-    """Read a scenario file's YAML tree, with one-line errors."""
+    """Read a scenario file's YAML tree, with one-line errors naming the file.
+
+    Raises:
+        ScenarioError: the file is missing, unreadable, not UTF-8, not YAML (with line and
+            column), or not a mapping at the top level.
+    """
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ScenarioError("file not found", source=source) from None
+        raise ScenarioError("file not found; expected a scenario YAML file",
+                            source=source) from None
+    except IsADirectoryError:
+        raise ScenarioError("is a directory; expected a scenario YAML file",
+                            source=source) from None
     except OSError as exc:
-        raise ScenarioError(f"cannot read: {exc.strerror}", source=source) from None
+        raise ScenarioError(f"cannot read the file ({exc.strerror})", source=source) from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                            f"{exc.start}); expected a YAML file", source=source) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ScenarioError(f"{where}{problem}", source=source) from None
+        raise ScenarioError(_yaml_problem(exc), source=source) from None
     if not isinstance(raw, dict):
-        raise ScenarioError("expected a YAML mapping at the top level", source=source)
+        got = "an empty file" if raw is None else f"a {type(raw).__name__}"
+        raise ScenarioError(f"expected a YAML mapping (key: value lines) at the top level, "
+                            f"got {got}", source=source)
     return raw
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` for a PyYAML error (1-based, as editors count)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
+    return f"{where}invalid YAML: {problem}"
+
+
 def parse_scenario(raw: dict[str, Any], source: str) -> Scenario:
-    """Validate a raw tree against the schema (components are checked by ``sim.build``)."""
-    version = raw.get("schema_version")
-    if version is not None and version != SCHEMA_VERSION:
-        raise ScenarioError(f"unsupported schema_version {version!r}; this simlb reads "
-                            f"version {SCHEMA_VERSION}", source=source, field="schema_version")
+    """Validate a raw tree against the schema (components are checked by ``sim.build``).
+
+    Raises:
+        ScenarioError: naming ``source``, the field path and what was expected.
+    """
+    if "schema_version" not in raw:
+        raise ScenarioError(f"missing; expected 'schema_version: {SCHEMA_VERSION}' at the top "
+                            f"of the file", source=source, field="schema_version")
+    version = raw["schema_version"]
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise ScenarioError(f"expected {SCHEMA_VERSION} (the version this simlb reads), got "
+                            f"{version!r}", source=source, field="schema_version")
     try:
         return Scenario.model_validate(raw)
     except ValidationError as exc:
-        raise ScenarioError(format_validation_error(exc), source=source) from None
+        raise ScenarioError(format_validation_error(exc, model=Scenario),
+                            source=source) from None
