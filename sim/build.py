@@ -7,14 +7,16 @@ profiles, a KV cache smaller than one block, engine limits a profile cannot serv
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import sim.policy  # noqa: F401  (registers the built-in strategies)
 from sim.errors import ProfileError, ScenarioError
 from sim.model.batcher import batchers
 from sim.model.cluster import NodeSpec
 from sim.model.cost import CostModel, cost_models
+from sim.policy.admission import admissions
 from sim.policy.base import Strategy, StrategyParams, strategies
 from sim.scenario import NodeGroupSpec, Scenario, StrategySpec
 from sim.spec import build_params
@@ -45,6 +47,21 @@ class ResolvedScenario:
     strategies: list[StrategyChoice]
     #: the scenario file's folder: relative profile and trace paths start there
     base_dir: Path | None = None
+    #: admission control component (class, params), or None
+    admission: tuple[type, Any] | None = None
+    #: node id -> its slow-downs ((start_s, end_s, factor), ...)
+    slowdowns: dict[int, tuple[tuple[float, float, float], ...]] = field(default_factory=dict)
+
+    def check_models(self, models: set[str]) -> None:
+        """Raise ``ScenarioError`` if a requested model is served by no node."""
+        served = {spec.model for spec in self.node_specs}
+        if "" in served:
+            return
+        missing = sorted(m for m in models if m and m not in served)
+        if missing:
+            raise ScenarioError(f"requests ask for model(s) {', '.join(missing)}, which no node "
+                                f"group serves (served: {', '.join(sorted(served))})",
+                                source=self.source, field="cluster.node_groups.*.model")
 
 
 def resolve(scenario: Scenario, source: str, base_dir: Path,
@@ -62,11 +79,30 @@ def resolve(scenario: Scenario, source: str, base_dir: Path,
             spec = _node_spec(group, f"cluster.node_groups.{gi}", base_dir)
             nodes.extend([spec] * group.count)
         chosen = _choose_strategies(scenario, only)
+        admission = None
+        if scenario.router.admission is not None:
+            admission = build_params(admissions, scenario.router.admission, "router.admission")
+        slowdowns = _slowdowns(scenario, len(nodes))
     except ScenarioError as exc:
         if exc.source is None:
             raise ScenarioError(exc.detail, source=source, field=exc.field) from None
         raise
-    return ResolvedScenario(scenario, source, nodes, chosen, base_dir)
+    resolved = ResolvedScenario(scenario, source, nodes, chosen, base_dir, admission, slowdowns)
+    models = getattr(scenario.workload, "models", None)  # TODO(after traces land): field
+    if models:
+        resolved.check_models(set(models))
+    return resolved
+
+
+def _slowdowns(scenario: Scenario,
+               n_nodes: int) -> dict[int, tuple[tuple[float, float, float], ...]]:
+    out: dict[int, list[tuple[float, float, float]]] = {}
+    for i, slow in enumerate(scenario.cluster.slowdowns):
+        if slow.node >= n_nodes:
+            raise ScenarioError(f"expected a node id below {n_nodes} (the cluster's nodes), "
+                                f"got {slow.node}", field=f"cluster.slowdowns.{i}.node")
+        out.setdefault(slow.node, []).append((slow.start_s, slow.end_s, slow.factor))
+    return {node: tuple(items) for node, items in out.items()}
 
 
 #: the engine limit a profile's ``check_limits`` refusal is about, by the profile field
@@ -96,7 +132,7 @@ def _node_spec(group: NodeGroupSpec, path: str, base_dir: Path) -> NodeSpec:
                             field=f"{path}.batcher.params{'.' if limit else ''}{limit}") from None
     return NodeSpec(group=group.name, profile=cost.description, cost=cost,
                     kv_total_blocks=tokens // bs, block_size=bs,
-                    prefix_caching=group.prefix_caching, batcher=config)
+                    prefix_caching=group.prefix_caching, batcher=config, model=group.model)
 
 
 def _kv_tokens(group: NodeGroupSpec, cost: CostModel, path: str) -> int:

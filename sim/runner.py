@@ -7,6 +7,7 @@ makes paired comparisons between strategies much tighter).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from sim.build import ResolvedScenario, StrategyChoice
 from sim.metrics.recorder import LogHistogram, Recorder
 from sim.metrics.summary import RunData, summarize, timeline
 from sim.model.cluster import Cluster
+from sim.model.kv_events import KvEventMirror
 from sim.model.requests import RequestTable
 from sim.model.router import Router
 from sim.rng import stream
@@ -47,8 +49,12 @@ class RunResult:
 def workload_for(resolved: ResolvedScenario, replication: int) -> Workload:
     """The request stream of a replication (identical for every strategy)."""
     sc = resolved.scenario
-    return build_workload(sc.workload, sc.duration_s, sc.seed + replication,
-                          base_dir=resolved.base_dir)
+    workload = build_workload(sc.workload, sc.duration_s, sc.seed + replication,
+                              base_dir=resolved.base_dir)
+    models = workload.extra.get("model")
+    if models is not None:
+        resolved.check_models({str(m) for m in np.unique(models)})
+    return workload
 
 
 def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: int,
@@ -59,9 +65,9 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
     env = simpy.Environment()
     table = RequestTable(workload)
     recorder = Recorder(len(resolved.node_specs), (sc.warmup_s, sc.duration_s))
-    cluster = Cluster(env, resolved.node_specs, table, recorder, sc.cluster.fast_forward)
-    strategy = choice.cls(choice.params, stream(seed, "router", choice.spec.name))
-    router = Router(env, cluster, table, [strategy], sc.router.telemetry_interval_s)
+    cluster = Cluster(env, resolved.node_specs, table, recorder, sc.cluster.fast_forward,
+                      resolved.slowdowns)
+    router = _router(resolved, choice, env, cluster, table, seed)
     env.process(router.run())
     horizon = sc.duration_s + sc.drain_timeout_s
     if progress is not None:
@@ -72,12 +78,30 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
     if progress is not None:
         progress(env.now, horizon, router.dispatched)
     _book_unfinished(cluster, table, env.now)
-    data = _run_data(resolved, cluster, table, recorder, env.now)
+    data = _run_data(resolved, cluster, table, recorder, env.now, router)
     return RunResult(label=choice.label, strategy=choice.spec.name, replication=replication,
                      seed=seed, summary=summarize(data), requests=data.requests,
                      node_states=data.states, timeline=timeline(data, sc.metrics.bucket_s),
                      wall_s=wall,
                      events=_events_scheduled(env))
+
+
+def _router(resolved: ResolvedScenario, choice: StrategyChoice, env: simpy.Environment,
+            cluster: Cluster, table: RequestTable, seed: int) -> Router:
+    """The router with one strategy instance per replica and the scenario's mechanisms."""
+    rsc = resolved.scenario.router
+    name = choice.spec.name
+    strategies = [choice.cls(choice.params, stream(seed, "router", name, *(() if i == 0 else (i,))))
+                  for i in range(rsc.replicas)]
+    admission = None
+    if resolved.admission is not None:
+        cls, params = resolved.admission
+        admission = cls(params, stream(seed, "admission"))
+    mirror = None
+    if rsc.kv_events_delay_s is not None:
+        mirror = KvEventMirror(cluster.nodes, table, rsc.kv_events_delay_s, lambda: env.now)
+    return Router(env, cluster, table, strategies, rsc.telemetry_interval_s, admission,
+                  None if mirror is None else mirror.cached_prefix_blocks)
 
 
 def _ticker(env: simpy.Environment, router: Router, horizon: float,
@@ -95,7 +119,7 @@ def _book_unfinished(cluster: Cluster, table: RequestTable, now: float) -> None:
 
 
 def _run_data(resolved: ResolvedScenario, cluster: Cluster, table: RequestTable,
-              recorder: Recorder, end_s: float) -> RunData:
+              recorder: Recorder, end_s: float, router: Router) -> RunData:
     sc = resolved.scenario
     a, b = sc.warmup_s, sc.duration_s
     specs = resolved.node_specs
@@ -122,6 +146,8 @@ def _run_data(resolved: ResolvedScenario, cluster: Cluster, table: RequestTable,
         slo=sc.slo.model_dump(),
         grade_on=sc.metrics.grade_on,
         extrapolated_steps=extrapolated,
+        router_stats=dataclasses.asdict(router.stats),
+        monitor_interval_s=sc.metrics.monitor_interval_s,
         kv_evictions=sum(n.batcher.kv.evictions for n in cluster.nodes),
     )
 

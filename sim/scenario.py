@@ -53,9 +53,31 @@ class NodeGroupSpec(Model):
         None, ge=2, description="longest prompt + max_output_tokens a node accepts (longer "
                                 "requests are rejected); the profile's context limit applies "
                                 "too")
+    model: str = Field("", pattern=r"^[A-Za-z0-9_.:/-]*$",
+                       description="the model the group serves; requests asking for a model "
+                                   "(workload.models, a trace's model column) go only to its "
+                                   "groups; empty: serves every request")
     batcher: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="continuous"),
                                    description="engine scheduler and its limits (batcher "
                                                "registry)")
+
+
+class SlowdownSpec(Model):
+    """A straggler: node ``node`` runs ``factor`` times slower in ``[start_s, end_s)``."""
+
+    node: int = Field(ge=0, description="node id (nodes are numbered in group order from 0)")
+    factor: float = Field(gt=0, description="iterations take this many times their profile "
+                                            "cost (2: half speed)")
+    start_s: float = Field(0.0, ge=0, description="when the slow-down starts")
+    end_s: float = Field(gt=0, description="when it ends")
+
+    @field_validator("end_s")
+    @classmethod
+    def _after_start(cls, end_s: float, info: ValidationInfo) -> float:
+        start = info.data.get("start_s", 0.0)
+        if end_s <= start:
+            raise ValueError(f"expected end_s after start_s ({start}), got {end_s}")
+        return end_s
 
 
 class ClusterSpec(Model):
@@ -66,6 +88,8 @@ class ClusterSpec(Model):
     fast_forward: bool = Field(
         True, description="compute runs of identical decode iterations in closed form (same "
                           "results, faster)")
+    slowdowns: list[SlowdownSpec] = Field(
+        default_factory=list, description="stragglers: nodes running slower for a while")
 
 
 class StrategySpec(ComponentSpec):
@@ -89,6 +113,16 @@ class RouterSpec(Model):
                                   "labels must be unique")
     telemetry_interval_s: float = Field(
         0.1, ge=0, description="node telemetry refresh period; 0: fresh for every decision")
+    replicas: int = Field(1, ge=1, le=64, description="router instances sharing the arrivals "
+                                                      "round robin, each counting only its "
+                                                      "own dispatches")
+    admission: ComponentSpec | None = Field(
+        None, description="admission control before routing (admission registry); null: "
+                          "admit everything")
+    kv_events_delay_s: float | None = Field(
+        None, ge=0, description="nodes publish KV-cache events that reach the router after "
+                                "this delay, for strategies with precise cache knowledge; "
+                                "null: no events")
 
     @field_validator("strategies")
     @classmethod
@@ -115,6 +149,9 @@ class MetricsSpec(Model):
     """Measurement settings."""
 
     bucket_s: float = Field(1.0, gt=0, description="width of the over-time series buckets")
+    monitor_interval_s: float = Field(
+        10.0, gt=0, description="interval of the balance series (CV, imbalance, grade over "
+                                "time) in the summary")
     grade_on: Literal["batch_occupancy", "kv_occupancy", "busy", "token_share", "mfu"] = Field(
         "batch_occupancy", description="which utilisation sense the balance grade (CV over "
                                        "nodes) uses")

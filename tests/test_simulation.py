@@ -17,8 +17,10 @@ STRATEGIES = [{"name": n} for n in ("round_robin", "random", "least_loaded", "js
 
 
 def pressure_scenario() -> dict:
-    """Small KV, chunked prefill, shared prefixes and sessions: every mechanism fires."""
+    """Small KV, chunked prefill, shared prefixes, sessions and a straggler: every mechanism
+    of the node fires."""
     raw = scenario_dict(duration_s=40.0)
+    raw["cluster"]["slowdowns"] = [{"node": 1, "factor": 3.0, "start_s": 10.0, "end_s": 25.5}]
     group = raw["cluster"]["node_groups"][0]
     group["count"] = 3
     group["kv_capacity_tokens"] = 6000
@@ -125,6 +127,7 @@ def test_sessions_reuse_their_previous_turns(tmp_path):
     """Later session turns hit the KV blocks of the turns before them."""
     raw = pressure_scenario()
     raw["workload"].pop("prefixes")
+    raw["cluster"].pop("slowdowns")
     raw["router"]["strategies"] = [{"name": "round_robin"}]
     raw["cluster"]["node_groups"][0].update(count=1, kv_capacity_tokens=200_000)
     path = write_scenario(tmp_path, raw)
@@ -163,3 +166,31 @@ def test_fast_forward_equals_stepping_with_a_real_profile():
     assert np.array_equal(a["node"], b["node"])
     for col in ("first_token_s", "finish_s"):
         np.testing.assert_allclose(a[col], b[col], rtol=1e-9, atol=1e-9)
+
+
+def test_slowdown_makes_the_straggler_slower_only_while_it_lasts(tmp_path):
+    """Requests served by a node while it is slowed take longer than the same node's others."""
+    raw = scenario_dict(duration_s=120.0, warmup_s=0.0)
+    raw["cluster"]["slowdowns"] = [{"node": 0, "factor": 4.0, "start_s": 40.0, "end_s": 80.0}]
+    path = write_scenario(tmp_path, raw)
+    resolved = app.load(path)
+    r = simulate(resolved, resolved.strategies[0], 0, workload_for(resolved, 0)).requests
+    e2e = r["finish_s"] - r["arrival_s"]
+    per_token = e2e / r["output_tokens"]
+    node0 = r["node"] == 0
+    during = (r["arrival_s"] > 45) & (r["finish_s"] < 80)
+    outside = (r["finish_s"] < 40) | (r["arrival_s"] > 90)
+    assert per_token[node0 & during].mean() > 2.5 * per_token[node0 & outside].mean()
+    assert per_token[~node0 & during].mean() < 1.5 * per_token[~node0 & outside].mean()
+
+
+def test_router_replicas_and_kv_events_run_and_conserve(tmp_path):
+    """Several router replicas and KV-event publishing change decisions, not accounting."""
+    raw = pressure_scenario()
+    raw["router"].update(replicas=3, kv_events_delay_s=0.2)
+    path = write_scenario(tmp_path, raw)
+    resolved = app.load(path, strategies=("least_loaded",))
+    s = simulate(resolved, resolved.strategies[0], 0, workload_for(resolved, 0)).summary
+    counts = s["requests"]
+    assert counts["arrived"] == counts["completed"] + counts["rejected"] + counts["unfinished"]
+    assert s["router"]["shed"] == 0

@@ -28,6 +28,7 @@ requests are those arriving in it; latencies are over measured requests that com
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -57,6 +58,8 @@ class RunData:
     grade_on: str
     extrapolated_steps: int
     kv_evictions: int
+    router_stats: dict[str, int] = dataclasses.field(default_factory=dict)
+    monitor_interval_s: float = 10.0
 
 
 def distribution(x: np.ndarray) -> dict[str, float | None]:
@@ -276,7 +279,56 @@ def summarize(data: RunData) -> dict[str, object]:
                         "ratio": in_system / (lam * w) if lam > 0 and w > 0 else None},
         "model": {"window_s": [a, b], "end_s": data.end_s,
                   "extrapolated_steps": data.extrapolated_steps},
+        "router": _router_section(data),
+        "balance_over_time": balance_over_time(data),
     }
+
+
+def _router_section(data: RunData) -> dict[str, float]:
+    """What the router's mechanisms did; wasted work as a share of all tokens computed."""
+    runs = data.runs
+    computed = float(runs["decode_tokens"].sum() + runs["prefill_tokens"].sum())
+    out: dict[str, float] = dict(data.router_stats)
+    wasted = out.get("wasted_tokens", 0)
+    out["wasted_token_share"] = wasted / computed if computed else 0.0
+    return out
+
+
+def _sense_per_node(data: RunData, node: int, r: dict[str, np.ndarray],
+                    m: dict[str, np.ndarray], edges: np.ndarray) -> np.ndarray:
+    """The graded load sense of one node in each interval between ``edges``."""
+    width = np.diff(edges)
+    s, e = r["start_s"], r["end_s"]
+    sense = data.grade_on
+    if sense == "busy":
+        return spread(s, e, e - s, edges) / width
+    if sense == "token_share":
+        return spread(s, e, (r["decode_tokens"] + r["prefill_tokens"]).astype(float), edges)
+    if sense == "mfu":
+        return spread(s, e, r["flops"], edges) / (data.peak_flops[node] * width)
+    column, scale = (("kv_used_blocks", data.kv_total_blocks[node]) if sense == "kv_occupancy"
+                     else ("running", data.max_num_seqs[node]))
+    return step_integral(m["t_s"], m[column].astype(float), data.end_s, edges) / width / scale
+
+
+def balance_over_time(data: RunData) -> dict[str, list]:
+    """CV, imbalance and grade of the graded load sense across nodes, per monitor interval
+    (the monitor of the seed document, computed from the records after the run)."""
+    step = data.monitor_interval_s
+    edges = np.arange(0.0, max(data.end_s, step) + step, step)
+    n = data.max_num_seqs.size
+    runs_by_node = split_by_node(data.runs, n)
+    states_by_node = split_by_node(data.states, n)
+    load = np.array([_sense_per_node(data, i, runs_by_node[i], states_by_node[i], edges)
+                     for i in range(n)])
+    mean = load.mean(axis=0)
+    top = load.max(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cv = np.where(mean > 0, load.std(axis=0) / np.where(mean > 0, mean, 1), 0.0)
+        imbalance = np.where(top > 0, (top - load.min(axis=0)) / np.where(top > 0, top, 1), 0.0)
+    return {"sense": data.grade_on, "interval_s": step, "t_s": edges[:-1].tolist(),
+            "cv": cv.tolist(), "imbalance": imbalance.tolist(),
+            "grade": [grade(float(c)) for c in cv]}
 
 
 def _itl(hist: LogHistogram) -> dict[str, float | None]:

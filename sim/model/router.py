@@ -117,8 +117,10 @@ class Router:
         n = len(cluster.nodes)
         self._accepting_all = (True,) * n
         self._accepting_by_model: dict[str, tuple[bool, ...]] = {}
-        for model in {info.model for info in cluster.infos}:
-            self._accepting_by_model[model] = tuple(i.model == model for i in cluster.infos)
+        # a node group with no model name serves every request
+        for model in {info.model for info in cluster.infos} - {""}:
+            self._accepting_by_model[model] = tuple(i.model in (model, "")
+                                                    for i in cluster.infos)
         self.outstanding = 0
         self.dispatched = 0
         self.arrivals_done = False
@@ -165,6 +167,8 @@ class Router:
         if not info.model:
             return self._accepting_all
         accepting = self._accepting_by_model.get(info.model)
+        if accepting is None and any(not i.model for i in self.cluster.infos):
+            return self._accepting_all
         if accepting is None:
             raise SimulationError(f"request {info.request_id} asks for model '{info.model}', "
                                   f"which no node serves")
