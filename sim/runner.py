@@ -147,6 +147,7 @@ def _run_data(resolved: ResolvedScenario, cluster: Cluster, table: RequestTable,
         grade_on=sc.metrics.grade_on,
         extrapolated_steps=extrapolated,
         router_stats=dataclasses.asdict(router.stats),
+        strategy_stats=_strategy_stats(router),
         monitor_interval_s=sc.metrics.monitor_interval_s,
         kv_evictions=sum(n.batcher.kv.evictions for n in cluster.nodes),
     )
@@ -175,6 +176,15 @@ def _derive_run_columns(runs: dict[str, np.ndarray], specs: list) -> int:
                                       runs["n_chunks"][rows] + b[rows])
         extrapolated += int(k[rows][np.asarray(beyond, dtype=bool)].sum())
     return extrapolated
+
+
+def _strategy_stats(router: Router) -> dict[str, float]:
+    """The strategies' own counters, summed over router replicas."""
+    total: dict[str, float] = {}
+    for replica in router.replicas:
+        for key, value in replica.strategy.stats().items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def request_columns(table: RequestTable) -> dict[str, np.ndarray]:

@@ -59,6 +59,7 @@ class RunData:
     extrapolated_steps: int
     kv_evictions: int
     router_stats: dict[str, int] = dataclasses.field(default_factory=dict)
+    strategy_stats: dict[str, float] = dataclasses.field(default_factory=dict)
     monitor_interval_s: float = 10.0
 
 
@@ -280,6 +281,7 @@ def summarize(data: RunData) -> dict[str, object]:
         "model": {"window_s": [a, b], "end_s": data.end_s,
                   "extrapolated_steps": data.extrapolated_steps},
         "router": _router_section(data),
+        "strategy": dict(data.strategy_stats),
         "balance_over_time": balance_over_time(data),
     }
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from sim.outcome import Outcome
 from sim.registry import Registry
-from sim.spec import StrictModel
+from sim.spec import ComponentSpec, StrictModel, build_params
 
 
 class RequestInfo(NamedTuple):
@@ -184,6 +184,30 @@ class Strategy(abc.ABC):
         """Moves ``(from_node, to_node, n)``: the router moves up to ``n`` queued requests
         that never started from one node to the other (newest first)."""
         return []
+
+    def stats(self) -> dict[str, float]:
+        """Counters the strategy wants reported (e.g. migrations); they appear under
+        ``strategy`` in ``summary.json``."""
+        return {}
+
+
+def build_inner(spec: ComponentSpec, rng: np.random.Generator, path: str = "inner") -> Strategy:
+    """Instantiate a strategy from a ``{name, params}`` spec (for strategies that wrap others).
+
+    Raises:
+        ScenarioError: unknown name or bad parameters, naming ``path``.
+    """
+    cls, params = build_params(strategies, spec, path)
+    return cls(params, rng)  # type: ignore[arg-type]
+
+
+def check_inner(spec: ComponentSpec | dict, path: str = "inner") -> ComponentSpec:
+    """Validate a nested strategy spec while the outer parameters load (use it in a pydantic
+    ``field_validator``, so that a typo in an inner strategy fails before the run)."""
+    if isinstance(spec, dict):
+        spec = ComponentSpec.model_validate(spec)
+    build_params(strategies, spec, path)
+    return spec
 
 
 strategies: Registry[type[Strategy]] = Registry("strategy")
