@@ -5,4 +5,6 @@ Each module listed in ``COMMAND_MODULES`` defines a click command or group named
 functions so that ``simlb --help`` stays fast.
 """
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "sim.commands.report",
+)

@@ -1,0 +1,34 @@
+"""``simlb report RESULTS_DIR...``: the plotted comparison report of existing results."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from sim.errors import InputError
+
+
+@click.command(name="report")
+@click.argument("results_dirs", nargs=-1, required=True, metavar="RESULTS_DIR...",
+                type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Report folder (default: <first RESULTS_DIR>/report); replaced as a whole.")
+@click.option("--baseline", metavar="STRATEGY", default=None,
+              help="Strategy the paired differences are taken against (default: the first).")
+def command(results_dirs: tuple[Path, ...], out: Path | None, baseline: str | None) -> None:
+    """Write an HTML report (with PNG/SVG figures and a Markdown summary) of RESULTS_DIR...
+
+    Each RESULTS_DIR is an output folder, a scenario folder, a strategy folder or a run folder
+    written by `simlb run`; nothing is simulated. Several folders holding one scenario at
+    different offered loads add p99 TTFT and goodput against load.
+    """
+    from sim.report import build_report
+
+    try:
+        index = build_report(list(results_dirs), out, baseline)
+    except InputError as exc:  # same contract as sim.cli: one line, exit code 2
+        click.echo(f"simlb: error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"report: {index}")

@@ -1,0 +1,280 @@
+"""The report's figures: the only module of simlb that imports matplotlib.
+
+Object API only: every function builds its own ``matplotlib.figure.Figure`` (no pyplot, no
+global state, no rcParams changes), so figures can be built concurrently and never appear on a
+screen. One function per figure type; each takes tidy pandas tables (columns ``strategy``,
+``t_s``, ``value``... as built by ``sim.report.stats``) and a strategy -> colour mapping from
+``strategy_colours``, so a strategy keeps its colour in every figure of a report.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from sim.report.stats import Estimate
+
+#: Okabe-Ito colour-blind-safe palette (yellow last: weak on white), then tab10's extra hues
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000",
+           "#8C564B", "#7F7F7F", "#BCBD22", "#F0E442", "#17BECF")
+TITLE_PT, LABEL_PT, TICK_PT, LEGEND_PT = 12, 11, 10, 9
+#: points per CDF line (quantiles), enough for a smooth curve and small SVG files
+CDF_POINTS = 1500
+Window = tuple[float, float]
+
+
+def strategy_colours(strategies: Sequence[str]) -> dict[str, str]:
+    """A fixed colour per strategy, in order (the palette repeats beyond 12 strategies)."""
+    return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(strategies)}
+
+
+def render(fig: Figure, dpi: int = 110) -> tuple[bytes, str]:
+    """The figure as PNG bytes and SVG text (no timestamps in either)."""
+    png, svg = io.BytesIO(), io.StringIO()
+    fig.savefig(png, format="png", dpi=dpi, metadata={"Software": None})
+    fig.set_layout_engine("none")  # keep the layout of the first draw: no second solve
+    fig.savefig(svg, format="svg", metadata={"Date": None})
+    return png.getvalue(), svg.getvalue()
+
+
+def _style(ax: Axes, xlabel: str, ylabel: str, title: str = "") -> None:
+    ax.set_xlabel(xlabel, fontsize=LABEL_PT)
+    ax.set_ylabel(ylabel, fontsize=LABEL_PT)
+    if title:
+        ax.set_title(title, fontsize=TITLE_PT)
+    ax.tick_params(labelsize=TICK_PT)
+    ax.grid(True, color="0.88", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _shade_window(ax: Axes, window: Window, end_s: float) -> None:
+    """Grey out warm-up and drain: outside the measurement window."""
+    a, b = window
+    if a > 0:
+        ax.axvspan(0, a, color="0.93", zorder=0, linewidth=0)
+    if end_s > b:
+        ax.axvspan(b, end_s, color="0.93", zorder=0, linewidth=0)
+    ax.set_xlim(0, end_s)
+
+
+def _legend(ax: Axes, **kwargs: object) -> None:
+    ax.legend(fontsize=LEGEND_PT, frameon=False, **kwargs)  # type: ignore[arg-type]
+
+
+def _side_legend(fig: Figure, ax: Axes) -> None:
+    """One legend for the whole figure, right of the plots (never over the data)."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=LEGEND_PT, frameon=False)
+
+
+def latency_cdf(samples: Mapping[str, np.ndarray], colours: Mapping[str, str], *,
+                what: str, slo_s: float | None = None) -> Figure:
+    """CDF (left) and tail (right, log scale) of a latency, one line per strategy.
+
+    Args:
+        samples: latency samples in seconds per strategy (NaN ignored).
+        colours: from ``strategy_colours``.
+        what: the latency's name, e.g. "TTFT".
+        slo_s: the SLO, drawn as a dashed vertical line when given.
+    """
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    q = np.linspace(0.0, 1.0, CDF_POINTS)
+    for strategy, x in samples.items():
+        x = np.asarray(x, dtype=float)
+        x = x[np.isfinite(x) & (x > 0)]
+        if x.size == 0:
+            continue
+        xs = np.quantile(x, q)
+        left.plot(xs, q, color=colours[strategy], label=strategy, linewidth=1.8)
+        right.plot(xs[:-1], 1.0 - q[:-1], color=colours[strategy], label=strategy,
+                   linewidth=1.8)
+    for ax in (left, right):
+        ax.set_xscale("log")
+        if slo_s:
+            ax.axvline(slo_s, color="0.3", linestyle="--", linewidth=1.0, label="SLO")
+    right.set_yscale("log")
+    right.set_ylim(bottom=1e-3)
+    _style(left, f"{what} (s, log scale)", "fraction of requests ≤ x", f"{what}: CDF")
+    _style(right, f"{what} (s, log scale)", "fraction of requests > x",
+           f"{what}: tail (1 − CDF)")
+    _legend(left, loc="lower right")
+    return fig
+
+
+def node_heatmap(load: pd.DataFrame, strategies: Sequence[str], colours: Mapping[str, str],
+                 *, label: str, window: Window) -> Figure:
+    """Per-node load over time, one strip per strategy, on one colour scale.
+
+    Args:
+        load: columns strategy, node, t_s (bucket start), load.
+        strategies: the strips, top to bottom.
+        colours: strategy colours (used for the strip labels).
+        label: what the load is, with its unit (colour-bar label).
+        window: the measurement window, marked by dashed lines.
+    """
+    n_nodes = int(load["node"].max()) + 1
+    strip_h = 0.3 + 0.09 * min(n_nodes, 24)
+    fig = Figure(figsize=(10, 0.9 + strip_h * len(strategies)), layout="constrained")
+    axes = fig.subplots(len(strategies), 1, sharex=True, squeeze=False)[:, 0]
+    vmax = float(np.nanmax(load["load"])) if len(load) else 1.0
+    mesh = None
+    for ax, strategy in zip(axes, strategies, strict=True):
+        grid = load[load["strategy"] == strategy].pivot_table(
+            index="node", columns="t_s", values="load", aggfunc="mean")
+        t = grid.columns.to_numpy(dtype=float)
+        if t.size == 0:  # this strategy has no run with the chosen seed
+            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+            ax.set_ylabel(strategy, fontsize=LABEL_PT, color=colours[strategy], rotation=0,
+                          ha="right", va="center", fontweight="bold")
+            continue
+        step = float(np.diff(t).min()) if t.size > 1 else 1.0
+        mesh = ax.pcolormesh(np.append(t, t[-1] + step), np.arange(n_nodes + 1) - 0.5,
+                             grid.reindex(range(n_nodes)).to_numpy(dtype=float),
+                             cmap="viridis", vmin=0.0, vmax=max(vmax, 1e-12), shading="flat")
+        for x in window:
+            ax.axvline(x, color="white", linestyle="--", linewidth=0.9)
+        ax.set_ylabel(strategy, fontsize=LABEL_PT, color=colours[strategy],
+                      rotation=0, ha="right", va="center", fontweight="bold")
+        ax.set_yticks(range(n_nodes) if n_nodes <= 16 else
+                      np.linspace(0, n_nodes - 1, 5).round().astype(int))
+        ax.tick_params(labelsize=TICK_PT - 1)
+    axes[-1].set_xlabel("time (s)", fontsize=LABEL_PT)
+    axes[0].set_title(f"Per-node load over time (rows: nodes 0–{n_nodes - 1})",
+                      fontsize=TITLE_PT)
+    if mesh is not None:
+        bar = fig.colorbar(mesh, ax=list(axes), shrink=0.8, pad=0.01, aspect=30)
+        bar.set_label(label, fontsize=LABEL_PT - 1)
+    return fig
+
+
+def _lines(ax: Axes, table: pd.DataFrame, colours: Mapping[str, str],
+           strategies: Sequence[str], column: str = "value") -> None:
+    for strategy in strategies:
+        part = table[table["strategy"] == strategy]
+        ax.plot(part["t_s"], part[column], color=colours[strategy], label=strategy,
+                linewidth=1.5, drawstyle="steps-post")
+
+
+def cv_over_time(cv: pd.DataFrame, strategies: Sequence[str], colours: Mapping[str, str], *,
+                 sense: str, window: Window) -> Figure:
+    """CV of node load across nodes per time bucket, one line per strategy."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax = fig.subplots()
+    _lines(ax, cv, colours, strategies, "cv")
+    _shade_window(ax, window, float(cv["t_s"].max()) if len(cv) else window[1])
+    inside = cv.loc[(cv["t_s"] >= window[0]) & (cv["t_s"] < window[1]), "cv"]
+    top = float(inside.max()) if len(inside) else 0.0
+    # scale to the measured window: nearly empty nodes at the drain give huge CVs
+    ax.set_ylim(0, 1.25 * top if top > 0 else None)
+    _style(ax, "time (s)", "CV across nodes",
+           f"Imbalance of {sense} across nodes over time (0 = perfectly even)")
+    _side_legend(fig, ax)
+    return fig
+
+
+def kv_and_queue(kv: pd.DataFrame, queue: pd.DataFrame, strategies: Sequence[str],
+                 colours: Mapping[str, str], *, window: Window) -> Figure:
+    """Mean KV-cache occupancy (%) and total waiting requests over time, per strategy."""
+    fig = Figure(figsize=(10, 6), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    _lines(top, kv.assign(value=kv["value"] * 100.0), colours, strategies)
+    _lines(bottom, queue, colours, strategies)
+    end = float(max(kv["t_s"].max(), queue["t_s"].max())) if len(kv) else window[1]
+    for ax in (top, bottom):
+        _shade_window(ax, window, end)
+        ax.set_ylim(bottom=0)
+    _style(top, "", "KV occupancy (% of blocks,\nmean over nodes)", "KV cache occupancy")
+    _style(bottom, "time (s)", "waiting requests\n(sum over nodes)", "Queue length")
+    _side_legend(fig, top)
+    return fig
+
+
+def throughput_over_time(completed: pd.DataFrame, tokens: pd.DataFrame,
+                         offered: pd.DataFrame, strategies: Sequence[str],
+                         colours: Mapping[str, str], *, window: Window) -> Figure:
+    """Completed requests/s (with the offered arrival rate) and output tokens/s over time."""
+    fig = Figure(figsize=(10, 6), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot(offered["t_s"], offered["value"], color="0.55", linestyle="--", linewidth=1.4,
+             label="offered (arrivals)", drawstyle="steps-post")
+    _lines(top, completed, colours, strategies)
+    _lines(bottom, tokens, colours, strategies)
+    end = float(max(completed["t_s"].max(), tokens["t_s"].max())) if len(tokens) else window[1]
+    for ax in (top, bottom):
+        _shade_window(ax, window, end)
+        ax.set_ylim(bottom=0)
+    _style(top, "", "requests / s", "Completed requests per second")
+    _style(bottom, "time (s)", "output tokens / s\n(sum over nodes)", "Output token throughput")
+    _side_legend(fig, top)
+    return fig
+
+
+def headline_bars(panels: Mapping[str, Mapping[str, Estimate]], colours: Mapping[str, str],
+                  ncols: int = 4) -> Figure:
+    """One bar panel per headline metric; error bars are 95 % CIs where defined (clipped at
+    zero: every headline metric is non-negative).
+
+    Args:
+        panels: panel title (with unit) -> strategy -> estimate.
+        colours: strategy colours.
+        ncols: panels per row.
+    """
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(3.1 * ncols, 3.2 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (title, values) in zip(axes, panels.items(), strict=False):
+        names = list(values)
+        means = [values[s].mean for s in names]
+        has_ci = any(values[s].has_ci for s in names)
+        high = np.array([values[s].half_width if values[s].has_ci else 0.0 for s in names])
+        low = np.minimum(high, np.maximum(means, 0.0))  # the metrics are never negative
+        ax.bar(range(len(names)), means, color=[colours[s] for s in names],
+               yerr=np.vstack([low, high]) if has_ci else None, capsize=3,
+               error_kw={"linewidth": 1.0})
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
+        _style(ax, "", "", title)
+        ax.grid(False, axis="x")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    return fig
+
+
+def load_sweep(sweep: pd.DataFrame, strategies: Sequence[str],
+               colours: Mapping[str, str]) -> Figure:
+    """p99 TTFT and goodput against offered load, one line per strategy (``stats.load_sweep``).
+
+    Strategies are dodged sideways by a hair so that their error bars (95 % CIs, clipped at
+    zero) do not hide each other.
+    """
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    present = [s for s in strategies if (sweep["strategy"] == s).any()]
+    span = float(sweep["offered_rps"].max() - sweep["offered_rps"].min()) if len(sweep) else 0.0
+    for i, strategy in enumerate(present):
+        part = sweep[sweep["strategy"] == strategy].sort_values("offered_rps")
+        x = part["offered_rps"].to_numpy() + (i - (len(present) - 1) / 2) * 0.008 * span
+        style = {"color": colours[strategy], "label": strategy, "marker": "o", "capsize": 3,
+                 "linewidth": 1.6, "markersize": 5}
+        for ax, col in ((left, "ttft_p99_ms"), (right, "goodput_rps")):
+            y = part[col].to_numpy(dtype=float)
+            hw = part[f"{col}_hw"].fillna(0.0).to_numpy(dtype=float)
+            ax.errorbar(x, y, yerr=np.vstack([np.minimum(hw, np.maximum(y, 0.0)), hw]),
+                        **style)
+    if len(sweep):
+        top = float(sweep["offered_rps"].max())
+        right.plot([0, top], [0, top], color="0.6", linestyle=":", label="goodput = offered")
+    for ax in (left, right):
+        ax.set_ylim(bottom=0)
+    _style(left, "offered load (req/s)", "p99 TTFT (ms)", "p99 TTFT against load")
+    _style(right, "offered load (req/s)", "goodput (req/s)", "Goodput against load")
+    _legend(left, loc="upper left")
+    _legend(right, loc="upper left")
+    return fig
