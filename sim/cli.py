@@ -69,11 +69,16 @@ class _Group(click.Group):
             raise _usage_line(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Parse and run the sub-command; usage errors are shown on one line."""
+        """Parse and run the sub-command; usage errors and bad input are shown on one line
+        (this also covers the sub-command groups added from ``sim.commands``)."""
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
             raise _usage_line(exc) from None
+        except InputError as exc:
+            _fail(f"simlb: error: {exc}", 2)
+        except SimulationError as exc:
+            _fail(f"simlb: simulation failed: {exc}", 1)
 
 
 @click.group(cls=_Group)
@@ -97,10 +102,12 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Replace existing result directories.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
+@click.option("--report", "with_report", is_flag=True,
+              help="Also write the HTML report of these runs (see simlb report).")
 @_handle_errors
 def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
         replications: int | None, overrides: tuple[str, ...], out: Path, force: bool,
-        quiet: bool, as_json: bool) -> None:
+        quiet: bool, as_json: bool, with_report: bool) -> None:
     """Simulate SCENARIO once per strategy and replication, and compare them."""
     from rich.console import Console
 
@@ -113,6 +120,14 @@ def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
     console = Console(stderr=True)
     with progress_bars(console, enabled=not quiet and not as_json) as factory:
         results = app.run_all(resolved, out, force=force, progress=factory)  # type: ignore[arg-type]
+    report_path = None
+    if with_report:
+        from sim.report import build_report
+        from sim.results import run_dir
+
+        sc = resolved.scenario
+        report_path = build_report([run_dir(out, sc.name, r.label, r.seed) for r in results],
+                                   out / sc.name / "report")
     if as_json:  # strict JSON: NaN and infinity become null
         click.echo(dumps_json({f"{r.label}/seed-{r.seed}": r.summary for r in results}), nl=False)
         return
@@ -120,6 +135,8 @@ def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
     out_console.print(comparison_table(results, f"{resolved.scenario.name}: "
                                               f"{len(resolved.node_specs)} nodes"))
     click.echo(f"results: {out / resolved.scenario.name}/<strategy>/seed-<k>/")
+    if report_path is not None:
+        click.echo(f"report: {report_path}")
 
 
 @main.command()

@@ -270,3 +270,13 @@ def test_python_m_sim_exit_code_and_single_stderr_line(tmp_path: Path) -> None:
     assert "finite number" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_run_with_report_writes_the_html_report(tmp_path):
+    """--report builds the report of the runs it just made, beside them."""
+    path = write_scenario(tmp_path, scenario_dict(duration_s=20.0, warmup_s=2.0))
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "out"),
+                                       "--quiet", "--report"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "test" / "report" / "index.html").is_file()
+    assert "report:" in result.output
