@@ -7,4 +7,5 @@ functions so that ``simlb --help`` stays fast.
 
 COMMAND_MODULES: tuple[str, ...] = (
     "sim.commands.report",
+    "sim.commands.profile",
 )
