@@ -12,6 +12,8 @@ prefix group ``g`` has key ``g``; session keys start after the last group.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -113,7 +115,8 @@ def _output_cap(spec: WorkloadSpec, output: LengthDistribution, path: str) -> in
     return spec.max_output_tokens
 
 
-def check_workload_spec(spec: WorkloadSpec, path: str = "workload") -> None:
+def check_workload_spec(spec: WorkloadSpec, path: str = "workload", *,
+                        base_dir: Path | None = None) -> None:
     """Resolve every component and check cross-field consistency.
 
     Raises:
@@ -124,7 +127,8 @@ def check_workload_spec(spec: WorkloadSpec, path: str = "workload") -> None:
     _resolve(spec, path)
 
 
-def build_workload(spec: WorkloadSpec, duration_s: float, seed: int) -> Workload:
+def build_workload(spec: WorkloadSpec, duration_s: float, seed: int, *,
+                   base_dir: Path | None = None) -> Workload:
     """Draw the requests arriving in ``[0, duration_s)`` for root seed ``seed``.
 
     Returns:
