@@ -30,6 +30,22 @@ class ProfileError(InputError):
     """A cost profile is missing, corrupt, or cannot serve the requested configuration."""
 
 
+class TraceError(InputError):
+    """A request-trace file is unreadable or holds a bad value.
+
+    The message names the trace file, the line (1-based, as an editor shows it; ``row`` for
+    Parquet) and the column, e.g. ``conv.csv: line 7, column 'ContextTokens': not a number``.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, line: int | None = None,
+                 column: str | None = None, line_label: str = "line"):
+        self.line = line
+        self.column = column
+        where = [f"{line_label} {line}"] if line is not None else []
+        where += [f"column {column!r}"] if column is not None else []
+        super().__init__(message, source=source, field=", ".join(where) or None)
+
+
 class UnknownNameError(InputError, KeyError):
     """A registry lookup failed; the message suggests close names."""
 

@@ -8,4 +8,5 @@ functions so that ``simlb --help`` stays fast.
 COMMAND_MODULES: tuple[str, ...] = (
     "sim.commands.report",
     "sim.commands.profile",
+    "sim.commands.trace",
 )

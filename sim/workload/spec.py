@@ -1,26 +1,30 @@
 """The ``workload`` block of a scenario and the function that turns it into request columns.
 
-``WorkloadSpec`` names the components (``{name, params}`` each); ``check_workload_spec`` resolves
-them against their registries so a typo or a bad value fails while the scenario loads, with the
-field path in the message; ``build_workload`` draws the requests.
+``WorkloadSpec`` is either synthetic, naming the components (``{name, params}`` each), or a
+``trace`` block replaying a request trace (``sim.workload.traces``), never both.
+``check_workload_spec`` resolves the components against their registries (or checks the trace
+file's header and first records) so a typo or a bad value fails while the scenario loads, with
+the field path in the message; ``build_workload`` draws (or replays) the requests.
 
 Each component draws from its own named stream, ``sim.rng.stream(seed, "workload", <part>)``
-with ``<part>`` one of ``arrivals``, ``prompt_tokens``, ``output_tokens``, ``prefixes`` and
-``sessions``, so changing one component never changes the numbers another draws. Segment keys:
-prefix group ``g`` has key ``g``; session keys start after the last group.
+with ``<part>`` one of ``arrivals``, ``prompt_tokens``, ``output_tokens``, ``prefixes``,
+``prefix_lengths`` (per-group prefix lengths of ``grouped_prefix``) and ``sessions`` (a
+replayed trace: ``trace``, for its jitter only), so changing one component never changes the
+numbers another draws. Segment keys: prefix group ``g`` has key ``g``; session keys start
+after the last group.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
-from typing import TypeVar
+from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sim.errors import ScenarioError
 from sim.registry import Registry
@@ -29,16 +33,22 @@ from sim.spec import ComponentSpec, StrictModel, build_params
 from sim.workload.arrivals import ArrivalProcess, arrivals
 from sim.workload.base import Workload
 from sim.workload.lengths import LengthDistribution, lengths
-from sim.workload.prefixes import SharedPrefix, prefix_segments, prefixes, take_requests
+from sim.workload.prefixes import prefix_segments, prefixes, take_requests
 from sim.workload.sessions import MultiTurn, sessions
+from sim.workload.traces import TraceSpec, check_trace, trace_workload
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: The fields of a synthetic workload; a trace block excludes all of them.
+SYNTHETIC_FIELDS = ("arrivals", "prompt_tokens", "output_tokens", "max_output_tokens",
+                    "prefixes", "sessions")
+
 
 class WorkloadSpec(StrictModel):
-    """A synthetic workload: arrivals, token lengths, optional shared prefixes and sessions.
+    """A synthetic workload (arrivals, token lengths, optional shared prefixes and sessions),
+    or a replayed ``trace``.
 
     Attributes:
         arrivals: the arrival process (``arrivals`` registry); with ``sessions`` it gives the
@@ -53,14 +63,47 @@ class WorkloadSpec(StrictModel):
             logged and written into the workload's ``source``.
         prefixes: shared prompt prefixes (``prefixes`` registry), or none.
         sessions: multi-turn sessions (``sessions`` registry), or none.
+        trace: a request trace to replay (``sim.workload.traces.TraceSpec``) instead of all
+            the fields above.
     """
 
-    arrivals: ComponentSpec
-    prompt_tokens: ComponentSpec
-    output_tokens: ComponentSpec
+    arrivals: ComponentSpec | None = None
+    prompt_tokens: ComponentSpec | None = None
+    output_tokens: ComponentSpec | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
     prefixes: ComponentSpec | None = None
     sessions: ComponentSpec | None = None
+    trace: TraceSpec | None = None
+
+    @model_validator(mode="after")
+    def _synthetic_or_trace(self) -> WorkloadSpec:
+        given = [name for name in SYNTHETIC_FIELDS if getattr(self, name) is not None]
+        if self.trace is not None and given:
+            raise ValueError(f"give either a trace block or the synthetic components, not "
+                             f"both (found trace and {', '.join(given)}); the trace has its "
+                             f"own max_output_tokens")
+        missing = [n for n in ("arrivals", "prompt_tokens", "output_tokens")
+                   if getattr(self, n) is None]
+        if self.trace is None and missing:
+            raise ValueError(f"missing {', '.join(missing)} (or give a trace block instead "
+                             f"of the synthetic components)")
+        return self
+
+
+class PrefixModel(Protocol):
+    """What the workload builder needs of a ``prefixes`` component.
+
+    A model may also define ``group_tokens(rng) -> int64 array`` (one prefix length per group,
+    drawn on the stream ``(seed, "workload", "prefix_lengths")``); without it every group's
+    prefix is ``params.prefix_tokens`` long.
+    """
+
+    @property
+    def key_count(self) -> int:
+        """Number of segment keys the groups use (keys ``0 .. key_count - 1``)."""
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Return the int64 group of each of ``n`` items, ``-1`` for none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +114,7 @@ class _Parts:
     prompt: LengthDistribution
     output: LengthDistribution
     max_output_tokens: int
-    prefixes: SharedPrefix | None
+    prefixes: PrefixModel | None
     sessions: MultiTurn | None
 
 
@@ -82,7 +125,8 @@ def _build(registry: Registry[type[T]], spec: ComponentSpec, path: str) -> T:
 
 
 def _resolve(spec: WorkloadSpec, path: str) -> _Parts:
-    """Build every component of ``spec``; raise ``ScenarioError`` naming the path."""
+    """Build every component of a synthetic ``spec``; raise ``ScenarioError`` naming the path."""
+    assert spec.arrivals and spec.prompt_tokens and spec.output_tokens  # the validator's job
     output = _build(lengths, spec.output_tokens, f"{path}.output_tokens")
     session = None
     if spec.sessions is not None:
@@ -103,6 +147,7 @@ def _output_cap(spec: WorkloadSpec, output: LengthDistribution, path: str) -> in
     """Return the effective ``max_output_tokens``, checked against the output distribution."""
     bound = output.upper_bound()
     field = f"{path}.max_output_tokens"
+    assert spec.output_tokens is not None
     if spec.max_output_tokens is None:
         if bound is None:
             raise ScenarioError(f"required: output_tokens '{spec.output_tokens.name}' is "
@@ -119,26 +164,52 @@ def check_workload_spec(spec: WorkloadSpec, path: str = "workload", *,
                         base_dir: Path | None = None) -> None:
     """Resolve every component and check cross-field consistency.
 
+    For a trace, check that the file exists and that its header and first records parse,
+    without reading the whole file.
+
+    Args:
+        spec: the workload block.
+        path: its field path, for messages.
+        base_dir: the scenario file's folder, which a relative trace path starts from (the
+            working directory when ``None``).
+
     Raises:
-        ScenarioError: unknown component name (with close matches), invalid parameters, or an
-            inconsistent ``max_output_tokens``; the message names the field path, for example
-            ``workload.prompt_tokens.params.sigma``.
+        ScenarioError: unknown component name (with close matches), invalid parameters, an
+            inconsistent ``max_output_tokens`` or a missing trace file; the message names the
+            field path, for example ``workload.prompt_tokens.params.sigma``.
+        TraceError: a bad trace header or record, naming the trace file, line and column.
     """
+    if spec.trace is not None:
+        check_trace(spec.trace, base_dir, f"{path}.trace")
+        return
     _resolve(spec, path)
 
 
 def build_workload(spec: WorkloadSpec, duration_s: float, seed: int, *,
                    base_dir: Path | None = None) -> Workload:
-    """Draw the requests arriving in ``[0, duration_s)`` for root seed ``seed``.
+    """Draw (or replay) the requests arriving in ``[0, duration_s)`` for root seed ``seed``.
+
+    Args:
+        spec: the workload block.
+        duration_s: the scenario's duration; a replayed trace is cut (or looped) to it too.
+        seed: root seed of the named streams.
+        base_dir: the scenario file's folder, which a relative trace path starts from.
 
     Returns:
         A validated ``Workload`` sorted by arrival time (stable, segments permuted with the
-        requests), with ``expected_rate_rps`` the analytic long-run request rate.
+        requests), with ``expected_rate_rps`` the analytic long-run request rate (for a trace:
+        the replayed mean rate, ``(n - 1) / span``).
 
     Raises:
         ScenarioError: as ``check_workload_spec``.
+        TraceError: a bad trace record.
         ValueError: ``duration_s`` negative or not finite, or ``seed`` negative.
     """
+    if spec.trace is not None:
+        if not (math.isfinite(duration_s) and duration_s >= 0) or seed < 0:
+            raise ValueError(f"need a finite duration_s >= 0 and a seed >= 0, got "
+                             f"{duration_s}, {seed}")
+        return trace_workload(spec.trace, duration_s, seed, base_dir)
     parts = _resolve(spec, "workload")
     starts_s = parts.arrivals.sample(stream(seed, "workload", "arrivals"), duration_s)
     if parts.sessions is None:
@@ -170,12 +241,20 @@ def _outputs(parts: _Parts, n: int, seed: int) -> tuple[np.ndarray, str]:
     return np.minimum(out, parts.max_output_tokens), note
 
 
-def _groups(parts: _Parts, n: int, seed: int) -> tuple[np.ndarray, int, int]:
-    """Return the prefix group of ``n`` items, the prefix length and the keys the groups use."""
+def _groups(parts: _Parts, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Return the prefix group of ``n`` items, each one's prefix length (0 for none) and the
+    number of keys the groups use."""
     if parts.prefixes is None:
-        return np.full(n, -1, dtype=np.int64), 0, 0
-    group = parts.prefixes.sample(stream(seed, "workload", "prefixes"), n)
-    return group, parts.prefixes.params.prefix_tokens, parts.prefixes.key_count
+        return np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64), 0
+    model = parts.prefixes
+    group = model.sample(stream(seed, "workload", "prefixes"), n)
+    draw = getattr(model, "group_tokens", None)
+    if draw is None:
+        fixed = model.params.prefix_tokens  # type: ignore[attr-defined]
+        sizes = np.full(model.key_count, fixed, dtype=np.int64)
+    else:
+        sizes = draw(stream(seed, "workload", "prefix_lengths"))
+    return group, np.where(group >= 0, sizes[np.maximum(group, 0)], 0), model.key_count
 
 
 def _single_turn(parts: _Parts, arrival_s: np.ndarray, seed: int) -> Workload:
@@ -184,9 +263,9 @@ def _single_turn(parts: _Parts, arrival_s: np.ndarray, seed: int) -> Workload:
     own = parts.prompt.sample(stream(seed, "workload", "prompt_tokens"), n)
     out, note = _outputs(parts, n, seed)
     group, prefix_tokens, _ = _groups(parts, n, seed)
-    seg_ptr, seg_key, seg_len = prefix_segments(group, own, prefix_tokens)
+    seg_ptr, seg_key, seg_len = prefix_segments(group, own, prefix_tokens[group >= 0])
     return Workload(
-        arrival_s=arrival_s, prompt_tokens=own + np.where(group >= 0, prefix_tokens, 0),
+        arrival_s=arrival_s, prompt_tokens=own + prefix_tokens,
         output_tokens=out, max_output_tokens=np.full(n, parts.max_output_tokens, np.int64),
         session_id=np.full(n, -1, dtype=np.int64), prefix_group=group, seg_ptr=seg_ptr,
         seg_key=seg_key, seg_len=seg_len, output_key=np.full(n, -1, dtype=np.int64),
@@ -202,7 +281,9 @@ def _multi_turn(parts: _Parts, session_model: MultiTurn, starts_s: np.ndarray,
     message = parts.prompt.sample(stream(seed, "workload", "prompt_tokens"), n)
     out, note = _outputs(parts, n, seed)
     group, prefix_tokens, first_key = _groups(parts, starts_s.shape[0], seed)
-    segs = session_model.segments(session, turn, message, out, group, prefix_tokens, first_key)
+    # per-carrier prefix lengths, in carrier order (SessionSegments assigns them in that order)
+    segs = session_model.segments(session, turn, message, out, group,
+                                  prefix_tokens[group >= 0], first_key)  # type: ignore[arg-type]
     return Workload(
         arrival_s=arrival_s, prompt_tokens=segs.prompt_tokens, output_tokens=out,
         max_output_tokens=np.full(n, parts.max_output_tokens, np.int64), session_id=session,

@@ -1,0 +1,314 @@
+"""``simlb trace``: describe a request trace (``stats``) and write its synthetic twin (``fit``).
+
+Both read a trace file as published (``--format``, guessed from the file when left out) with
+the same readers and checks as a scenario's ``workload.trace`` block; bad input prints one line
+naming the file, line and column, and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sim.errors import InputError
+
+FORMAT_NAMES = ("azure", "mooncake", "burstgpt", "vidur", "csv", "jsonl", "parquet")
+COLUMN_FIELDS = ("arrival", "prompt_tokens", "output_tokens", "hash_ids", "model", "session_id")
+
+
+class _StderrHandler(logging.Handler):
+    """Print library warnings as ``simlb: warning: ...`` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"simlb: warning: {record.getMessage()}", err=True)
+
+
+@contextlib.contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """Route the workload package's warnings to stderr for the duration of a command."""
+    logger = logging.getLogger("sim.workload")
+    handler = _StderrHandler(logging.WARNING)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _exit_on_input_error(func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            with _warnings_to_stderr():
+                return func(*args, **kwargs)
+        except InputError as exc:
+            click.echo(f"simlb: error: {exc}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+def _reader_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options both sub-commands use to read a trace."""
+    options = [
+        click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+        click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES),
+                     help="Trace format (default: guessed from the file's first line)."),
+        click.option("--column", "columns", multiple=True, metavar="FIELD=NAME",
+                     help=f"Column mapping for csv/jsonl/parquet; FIELD is one of "
+                          f"{', '.join(COLUMN_FIELDS)}. Repeatable."),
+        click.option("--time-unit", type=click.Choice(["s", "ms", "us", "ns", "datetime"]),
+                     help="Unit of the arrival column (csv/jsonl/parquet; default s)."),
+        click.option("--hash-block-tokens", type=click.IntRange(min=1), default=512,
+                     show_default=True, help="Tokens per hash-id block."),
+        click.option("--strict", is_flag=True,
+                     help="Unsorted timestamps are an error instead of being sorted."),
+        click.option("--keep-failed", is_flag=True,
+                     help="BurstGPT: keep failed requests (0 output tokens) as 1-token ones."),
+        click.option("--zero-tokens", type=click.Choice(["error", "drop", "one"]),
+                     default="error", show_default=True,
+                     help="What a 0-token prompt or output does."),
+        click.option("--nodes", type=click.IntRange(min=1), default=8, show_default=True,
+                     help="Nodes of the random-routing prefix-reuse figure."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _load(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str | None,
+          hash_block_tokens: int, strict: bool, keep_failed: bool,
+          zero_tokens: str) -> tuple[Any, Any]:
+    """Read and replay ``file`` (no window, no scaling); return ``(spec, workload)``."""
+    from pydantic import ValidationError
+
+    from sim.spec import format_validation_error
+    from sim.workload.traces import TraceSpec, infer_format, trace_workload
+
+    mapping: dict[str, str] = {}
+    for item in columns:
+        field, sep, name = item.partition("=")
+        if not sep or field not in COLUMN_FIELDS:
+            raise InputError(f"expected FIELD=NAME with FIELD one of {', '.join(COLUMN_FIELDS)}"
+                             f", got {item!r}", field="--column")
+        mapping[field] = name
+    raw: dict[str, Any] = {"format": fmt or infer_format(file), "path": str(file.resolve()),
+                           "hash_block_tokens": hash_block_tokens, "strict": strict,
+                           "keep_failed": keep_failed, "zero_tokens": zero_tokens}
+    if mapping:
+        raw["columns"] = mapping
+    if time_unit:
+        raw["time_unit"] = time_unit
+    try:
+        spec = TraceSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc), source=str(file)) from None
+    return spec, trace_workload(spec, None, 0)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@click.group(name="trace")
+def command() -> None:
+    """Describe request traces and fit synthetic twins to them."""
+
+
+@command.command()
+@_reader_options
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT.png",
+              help="Also draw rates, gaps and length distributions into OUT.png.")
+@_exit_on_input_error
+def stats(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str | None,
+          hash_block_tokens: int, strict: bool, keep_failed: bool, zero_tokens: str,
+          nodes: int, as_json: bool, plot: Path | None) -> None:
+    """Rates, burstiness, length distributions and prefix reuse of the trace FILE."""
+    from sim.workload.trace_stats import trace_stats
+
+    spec, workload = _load(file, fmt, columns, time_unit, hash_block_tokens, strict,
+                           keep_failed, zero_tokens)
+    result = trace_stats(workload, nodes=nodes, block_tokens=spec.hash_block_tokens)
+    if plot is not None:
+        _plot(workload, plot, f"{file.name} ({spec.format})")
+    if as_json:
+        body = {"file": str(file), "format": spec.format, "source": workload.source,
+                **result.to_dict()}
+        click.echo(json.dumps(_json_safe(body), indent=2))
+        return
+    _print_stats(file, spec.format, workload.source, result)
+    if plot is not None:
+        click.echo(f"plot: {plot}")
+
+
+@command.command()
+@_reader_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              metavar="TWIN.yaml", help="Where to write the twin's workload block.")
+@click.option("--arrivals", type=click.Choice(["profile", "mmpp2", "poisson"]),
+              default="profile", show_default=True, help="Arrival model of the twin.")
+@click.option("--bucket-s", type=click.FloatRange(min=0, min_open=True),
+              help="Piece width of the rate profile (default: 1 s, coarser for long traces).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the twin drawn to compare its statistics.")
+@_exit_on_input_error
+def fit(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str | None,
+        hash_block_tokens: int, strict: bool, keep_failed: bool, zero_tokens: str, nodes: int,
+        output: Path, arrivals: str, bucket_s: float | None, seed: int) -> None:
+    """Write a synthetic workload block whose statistics match the trace FILE's."""
+    from sim.workload.spec import WorkloadSpec, build_workload
+    from sim.workload.trace_stats import trace_stats
+    from sim.workload.twin import fit_twin
+
+    spec, workload = _load(file, fmt, columns, time_unit, hash_block_tokens, strict,
+                           keep_failed, zero_tokens)
+    try:
+        block = fit_twin(workload, arrivals=arrivals, bucket_s=bucket_s,
+                         block_tokens=spec.hash_block_tokens, nodes=nodes)
+    except ValueError as exc:
+        raise InputError(str(exc), source=str(file)) from None
+    span = float(workload.arrival_s[-1])
+    twin = build_workload(WorkloadSpec.model_validate(block), span, seed)
+    kwargs = {"nodes": nodes, "block_tokens": spec.hash_block_tokens}
+    original, copy = trace_stats(workload, **kwargs), trace_stats(twin, **kwargs)
+    _write_twin(output, file, spec.format, block, span, _comparison_rows(original, copy))
+    _print_comparison(original, copy, seed)
+    click.echo(f"twin: {output}")
+
+
+def _flat(stats: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in stats.to_dict().items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()
+                        if k not in ("nodes", "seeds", "block_tokens")})
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def _comparison_rows(original: Any, twin: Any) -> list[tuple[str, float, float]]:
+    a, b = _flat(original), _flat(twin)
+    return [(k, float(a[k]), float(b.get(k, math.nan))) for k in a]
+
+
+def _write_twin(path: Path, file: Path, fmt: str, block: dict[str, Any], span_s: float,
+                rows: list[tuple[str, float, float]]) -> None:
+    import yaml
+
+    lines = [f"# Synthetic twin of {file.name} ({fmt}), written by `simlb trace fit`.",
+             "# Copy the workload block into a scenario; the rate profile repeats with the",
+             f"# trace's span ({span_s:.6g} s), the scenario's duration_s below.",
+             "# statistic: trace / twin (one draw; see docs/traces.md for typical closeness)"]
+    lines += [f"#   {k}: {a:.4g} / {b:.4g}" for k, a, b in rows]
+    body = yaml.safe_dump({"duration_s": float(f"{span_s:.9g}"), "workload": block},
+                          sort_keys=False, default_flow_style=None, width=100)
+    path.write_text("\n".join(lines) + "\n" + body, encoding="utf-8")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=120)
+
+
+def _window(key: str) -> str:
+    """``"60s"`` -> ``"1 min"``, ``"10s"`` -> ``"10 s"``."""
+    seconds = float(key.removesuffix("s"))
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+def _print_stats(file: Path, fmt: str, source: str, s: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{file.name} ({fmt})", title_justify="left", show_header=False)
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    rows = [("requests", f"{s.rows:,}"), ("span", f"{s.span_s:.6g} s"),
+            ("mean rate", f"{s.mean_rate_rps:.4g} req/s")]
+    rows += [(f"peak rate ({_window(k)} windows)", f"{v:.4g} req/s")
+             for k, v in s.peak_rate_rps.items()]
+    rows += [("inter-arrival CV", f"{s.interarrival_cv:.4g}")]
+    rows += [(f"index of dispersion ({_window(k)})", f"{v:.4g}")
+             for k, v in s.index_of_dispersion.items()]
+    if s.prefix_reuse is not None:
+        r = s.prefix_reuse
+        rows += [(f"prefix reuse, shared cache ({r.block_tokens}-token blocks)",
+                  f"{r.shared:.1%}"),
+                 (f"prefix reuse, random routing over {r.nodes} nodes", f"{r.random:.1%}")]
+    else:
+        rows += [("prefix reuse", "n/a (no block hashes)")]
+    for row in rows:
+        table.add_row(*row)
+    lengths = Table(title="tokens", title_justify="left")
+    for header in ("", "mean", "p50", "p90", "p99", "max"):
+        lengths.add_column(header, justify="right")
+    for name, summary in (("prompt", s.prompt_tokens), ("output", s.output_tokens)):
+        lengths.add_row(name, *(f"{getattr(summary, k):,.0f}"
+                                for k in ("mean", "p50", "p90", "p99", "max")))
+    console = _console()
+    console.print(table)
+    console.print(lengths)
+    click.echo(f"source: {source}")
+
+
+def _print_comparison(original: Any, twin: Any, seed: int) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"trace vs twin (seed {seed})", title_justify="left")
+    for header in ("statistic", "trace", "twin", "twin/trace"):
+        table.add_column(header, justify="left" if header == "statistic" else "right")
+    for key, a, b in _comparison_rows(original, twin):
+        ratio = b / a if a else math.nan
+        table.add_row(key, f"{a:.4g}", f"{b:.4g}", f"{ratio:.3f}")
+    _console().print(table)
+
+
+def _plot(workload: Any, out: Path, title: str) -> None:
+    """Draw request rates over time, the gap distribution and the length distributions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from sim.workload.trace_stats import window_counts
+
+    t = workload.arrival_s
+    fig = Figure(figsize=(11, 7), layout="constrained")
+    fig.suptitle(title)
+    (rate_ax, gap_ax), (prompt_ax, output_ax) = fig.subplots(2, 2)
+    for width in (10.0, 60.0):
+        counts = window_counts(t, width)
+        rate_ax.step(np.arange(counts.shape[0]) * width, counts / width, where="post",
+                     label=f"{width:g} s windows")
+    rate_ax.set(xlabel="time since first request (s)", ylabel="requests / s", title="rate")
+    rate_ax.legend()
+    gaps = np.diff(t)
+    gaps = gaps[gaps > 0]
+    if gaps.shape[0]:
+        gap_ax.hist(gaps, bins=np.geomspace(gaps.min(), gaps.max() * 1.01, 60))
+        gap_ax.set_xscale("log")
+    gap_ax.set(xlabel="inter-arrival time (s)", ylabel="requests", title="gaps")
+    for ax, values, name in ((prompt_ax, workload.prompt_tokens, "prompt"),
+                             (output_ax, workload.output_tokens, "output")):
+        ax.hist(values, bins=np.geomspace(1, max(int(values.max()), 2) * 1.01, 60))
+        ax.set_xscale("log")
+        ax.set(xlabel=f"{name} tokens", ylabel="requests", title=f"{name} lengths")
+    fig.savefig(out, dpi=110)
