@@ -52,7 +52,7 @@ class ResolvedScenario:
     #: node id -> its slow-downs ((start_s, end_s, factor), ...)
     slowdowns: dict[int, tuple[tuple[float, float, float], ...]] = field(default_factory=dict)
 
-    def check_models(self, models: set[str]) -> None:
+    def check_models(self, models: set[str], field: str = "workload.models") -> None:
         """Raise ``ScenarioError`` if a requested model is served by no node."""
         served = {spec.model for spec in self.node_specs}
         if "" in served:
@@ -60,8 +60,8 @@ class ResolvedScenario:
         missing = sorted(m for m in models if m and m not in served)
         if missing:
             raise ScenarioError(f"requests ask for model(s) {', '.join(missing)}, which no node "
-                                f"group serves (served: {', '.join(sorted(served))})",
-                                source=self.source, field="cluster.node_groups.*.model")
+                                f"group serves (cluster.node_groups.*.model: "
+                                f"{', '.join(sorted(served))})", source=self.source, field=field)
 
 
 def resolve(scenario: Scenario, source: str, base_dir: Path,
@@ -88,7 +88,7 @@ def resolve(scenario: Scenario, source: str, base_dir: Path,
             raise ScenarioError(exc.detail, source=source, field=exc.field) from None
         raise
     resolved = ResolvedScenario(scenario, source, nodes, chosen, base_dir, admission, slowdowns)
-    models = getattr(scenario.workload, "models", None)  # TODO(after traces land): field
+    models = scenario.workload.models
     if models:
         resolved.check_models(set(models))
     return resolved

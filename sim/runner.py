@@ -53,7 +53,8 @@ def workload_for(resolved: ResolvedScenario, replication: int) -> Workload:
                               base_dir=resolved.base_dir)
     models = workload.extra.get("model")
     if models is not None:
-        resolved.check_models({str(m) for m in np.unique(models)})
+        field = "workload.trace" if sc.workload.trace is not None else "workload.models"
+        resolved.check_models({str(m) for m in np.unique(models)}, field)
     return workload
 
 

@@ -43,7 +43,7 @@ T = TypeVar("T")
 
 #: The fields of a synthetic workload; a trace block excludes all of them.
 SYNTHETIC_FIELDS = ("arrivals", "prompt_tokens", "output_tokens", "max_output_tokens",
-                    "prefixes", "sessions")
+                    "prefixes", "sessions", "models")
 
 
 class WorkloadSpec(StrictModel):
@@ -63,8 +63,14 @@ class WorkloadSpec(StrictModel):
             logged and written into the workload's ``source``.
         prefixes: shared prompt prefixes (``prefixes`` registry), or none.
         sessions: multi-turn sessions (``sessions`` registry), or none.
-        trace: a request trace to replay (``sim.workload.traces.TraceSpec``) instead of all
-            the fields above.
+        models: for multi-model clusters, the model each request asks for, drawn with these
+            relative weights (per session when there are sessions) on the stream
+            ``(seed, "workload", "models")``; stored as ``Workload.extra["model"]``. A trace
+            brings its own model column instead (``trace.model_map``).
+        sheddable_fraction: the fraction of requests marked sheddable (admission control may
+            drop them), drawn on ``(seed, "workload", "sheddable")``; also for traces.
+        trace: a request trace to replay (``sim.workload.traces.TraceSpec``) instead of the
+            synthetic fields above.
     """
 
     arrivals: ComponentSpec | None = None
@@ -73,7 +79,23 @@ class WorkloadSpec(StrictModel):
     max_output_tokens: int | None = Field(default=None, ge=1)
     prefixes: ComponentSpec | None = None
     sessions: ComponentSpec | None = None
+    models: dict[str, float] | None = Field(
+        default=None, description="model name -> relative weight of the requests asking for "
+                                  "it (multi-model clusters); null: requests name no model")
+    sheddable_fraction: float = Field(
+        default=0.0, ge=0, le=1, description="fraction of requests admission control may drop")
     trace: TraceSpec | None = None
+
+    @model_validator(mode="after")
+    def _model_weights(self) -> WorkloadSpec:
+        if self.models is not None:
+            if not self.models:
+                raise ValueError("models: expected at least one model name")
+            for name, weight in self.models.items():
+                if not name or not math.isfinite(weight) or weight <= 0:
+                    raise ValueError(f"models: expected non-empty names with weights > 0, "
+                                     f"got {name!r}: {weight}")
+        return self
 
     @model_validator(mode="after")
     def _synthetic_or_trace(self) -> WorkloadSpec:
@@ -209,7 +231,7 @@ def build_workload(spec: WorkloadSpec, duration_s: float, seed: int, *,
         if not (math.isfinite(duration_s) and duration_s >= 0) or seed < 0:
             raise ValueError(f"need a finite duration_s >= 0 and a seed >= 0, got "
                              f"{duration_s}, {seed}")
-        return trace_workload(spec.trace, duration_s, seed, base_dir)
+        return _request_mix(spec, trace_workload(spec.trace, duration_s, seed, base_dir), seed)
     parts = _resolve(spec, "workload")
     starts_s = parts.arrivals.sample(stream(seed, "workload", "arrivals"), duration_s)
     if parts.sessions is None:
@@ -225,8 +247,32 @@ def build_workload(spec: WorkloadSpec, duration_s: float, seed: int, *,
     source = f"synthetic({', '.join(names)}; seed={seed}){workload.source}"
     workload = _sort_by_arrival(dataclasses.replace(workload, expected_rate_rps=rate,
                                                     source=source))
+    workload = _request_mix(spec, workload, seed)
     workload.validate()
     return workload
+
+
+def _request_mix(spec: WorkloadSpec, w: Workload, seed: int) -> Workload:
+    """Mark each request's model (per session when there are sessions) and sheddability."""
+    if not spec.models and not spec.sheddable_fraction:
+        return w
+    extra = dict(w.extra)
+    n = len(w)
+    if spec.models:
+        names = sorted(spec.models)
+        weights = np.array([spec.models[m] for m in names], dtype=float)
+        rng = stream(seed, "workload", "models")
+        if spec.sessions is not None and n:
+            per_session = rng.choice(len(names), size=int(w.session_id.max()) + 1,
+                                     p=weights / weights.sum())
+            index = per_session[w.session_id]
+        else:
+            index = rng.choice(len(names), size=n, p=weights / weights.sum())
+        extra["model"] = np.array(names)[index]
+    if spec.sheddable_fraction:
+        extra["sheddable"] = stream(seed, "workload", "sheddable").random(n) < \
+            spec.sheddable_fraction
+    return dataclasses.replace(w, extra=extra)
 
 
 def _outputs(parts: _Parts, n: int, seed: int) -> tuple[np.ndarray, str]:
