@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sim.model.adaptive_batcher  # registers the batcher
 import sim.policy  # noqa: F401  (registers the built-in strategies)
 from sim.errors import ProfileError, ScenarioError
 from sim.model.batcher import batchers
@@ -132,7 +133,8 @@ def _node_spec(group: NodeGroupSpec, path: str, base_dir: Path) -> NodeSpec:
                             field=f"{path}.batcher.params{'.' if limit else ''}{limit}") from None
     return NodeSpec(group=group.name, profile=cost.description, cost=cost,
                     kv_total_blocks=tokens // bs, block_size=bs,
-                    prefix_caching=group.prefix_caching, batcher=config, model=group.model)
+                    prefix_caching=group.prefix_caching, batcher=config, model=group.model,
+                    batcher_cls=bcls)
 
 
 def _kv_tokens(group: NodeGroupSpec, cost: CostModel, path: str) -> int:

@@ -28,6 +28,8 @@ class NodeSpec:
     prefix_caching: bool
     batcher: BatcherConfig
     model: str = ""
+    #: the batch policy class (a ``batchers`` registry entry)
+    batcher_cls: type[ContinuousBatcher] = ContinuousBatcher
 
 
 class Cluster:
@@ -42,7 +44,7 @@ class Cluster:
         self.nodes: list[GpuNode] = []
         for node_id, spec in enumerate(specs):
             kv = KVCache(spec.kv_total_blocks, spec.block_size, spec.prefix_caching)
-            batcher = ContinuousBatcher(kv, table, spec.batcher, node_id)
+            batcher = spec.batcher_cls(kv, table, spec.batcher, node_id)
             self.nodes.append(GpuNode(env, node_id, batcher, spec.cost, recorder,
                                       self._node_done, fast_forward,
                                       (slowdowns or {}).get(node_id, ())))

@@ -312,8 +312,11 @@ class Router:
         if src == dst or count <= 0:
             return
         node = self.cluster.nodes[src]
+        dst_model = self.cluster.infos[dst].model
+        table = self.table
         movable = [rid for rid in reversed(node.batcher.waiting)
-                   if self._replica_of(rid) is replica and rid not in self._attempts]
+                   if self._replica_of(rid) is replica and rid not in self._attempts
+                   and (not dst_model or table.model[rid] in ("", dst_model))]
         moved = 0
         for rid in movable:
             if moved == count:
