@@ -9,12 +9,11 @@ import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sim.model.cluster as cluster_module
 from sim import app
 from sim.errors import ScenarioError
 from sim.metrics.recorder import Recorder
 from sim.model.adaptive_batcher import AdaptiveBatcher, AdaptiveBatcherConfig
-from sim.model.batcher import ContinuousBatcher, batchers
+from sim.model.batcher import batchers
 from sim.model.cluster import Cluster, NodeSpec
 from sim.model.cost import cost_models
 from sim.model.kv_cache import KVCache
@@ -213,17 +212,9 @@ def test_fast_forward_equals_stepping_with_adaptive_batches():
     assert all(s == COMPLETED for s in a.status)
 
 
-def _build(kv, table, config, node_id=0):
-    cls = AdaptiveBatcher if isinstance(config, AdaptiveBatcherConfig) else ContinuousBatcher
-    return cls(kv, table, config, node_id)
-
-
-def test_a_scenario_naming_the_adaptive_batcher_runs_static_batches(tmp_path, monkeypatch):
+def test_a_scenario_naming_the_adaptive_batcher_runs_static_batches(tmp_path):
     """``batcher: {name: adaptive}`` in a scenario: no node ever runs more than max_batch
     requests, although max_num_seqs would allow many more."""
-    # Until Cluster builds the class the scenario names (see docs/mechanisms.md), build it
-    # from the config type; harmless once Cluster does so itself.
-    monkeypatch.setattr(cluster_module, "ContinuousBatcher", _build, raising=False)
     raw = scenario_dict(duration_s=30.0)
     raw["workload"]["arrivals"]["params"]["rate_rps"] = 20.0
     raw["cluster"]["node_groups"][0]["batcher"] = {

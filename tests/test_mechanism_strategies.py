@@ -22,7 +22,6 @@ from sim.policy.adaptive import load_cv
 from sim.policy.base import ClusterView, NodeInfo, RequestInfo, Strategy, Telemetry, strategies
 from sim.runner import simulate, workload_for
 from sim.workload.base import unique_prompt_workload
-from sim.workload.spec import WorkloadSpec
 
 from conftest import scenario_dict, write_scenario
 
@@ -108,8 +107,6 @@ def test_multi_model_serves_each_model_on_its_replicas_in_proportion_to_capacity
 
 def test_a_workload_model_no_node_serves_fails_at_load(tmp_path):
     """workload.models naming a model that no node group serves is a load-time error."""
-    if "models" not in WorkloadSpec.model_fields:
-        pytest.skip("workload.models is not in the schema yet")
     raw = scenario_dict()
     raw["cluster"]["node_groups"][0]["model"] = "chat"
     raw["workload"]["models"] = {"chat": 0.7, "code": 0.3}
