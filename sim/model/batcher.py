@@ -25,22 +25,21 @@ computes the last token of a sequence, a new token is sampled: the first one end
 the last one finishes the request. A preempted request keeps its generated tokens and later
 recomputes prompt plus output so far (vLLM v1), then continues.
 
-Decoding requests need O(1) work per iteration: the node keeps an iteration counter ``it``, and
-a decoding request with offset ``a`` holds KV for ``a + it`` tokens. Sums over the batch
-(context tokens, blocks held, via a histogram of ``a`` modulo the block size) and a heap of
-finish iterations replace per-request loops. This also gives the length of a run of identical
-decode iterations in closed form (``decode_run_limit``), which the node fast-forwards.
+Decoding requests need O(1) work per iteration (``sim.model.decode_set``: with an iteration
+counter, sums over the batch and a heap of finish iterations replace per-request loops). This
+also gives the length of a run of identical decode iterations in closed form
+(``decode_run_limit``), which the node fast-forwards.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
 
 from pydantic import Field
 
+from sim.model.decode_set import DecodeSet
 from sim.model.kv_cache import KVCache
 from sim.model.requests import CANCELLED, COMPLETED, REJECTED, UNFINISHED, Outcome, RequestTable
 from sim.registry import Registry
@@ -118,20 +117,13 @@ class ContinuousBatcher:
         self._held: dict[int, int] = {}         # blocks held, prefill phase
         self._spans: dict[int, list[tuple[int, int]]] = {}  # shareable blocks (kv_cache.Span)
         self._holding: dict[int, list[list[int]]] = {}       # cached blocks held (kv_cache)
-        self._dec_a: dict[int, int] = {}        # decode offset: KV tokens = a + it
-        self._dec_fin: dict[int, int] = {}      # iteration after which it finishes
         self._preempted_at: dict[int, float] = {}
         #: per request on this node: [first scheduled s, first token s, cached tokens,
         #: recomputed tokens, preemptions, computed tokens, KV tokens when decoding began]
         self._meta: dict[int, list] = {}
         #: requests whose first token came in the last ``apply``
         self.first_tokens: list[int] = []
-        # decode aggregates
-        self._dec_n = 0
-        self._dec_sum_a = 0
-        self._dec_q = 0
-        self._dec_r = [0] * bs
-        self._fin_heap: list[tuple[int, int]] = []
+        self._dec = DecodeSet(bs)
         #: inter-token gaps caused by preemption: (time the token came, gap in s)
         self.preemption_gaps: list[tuple[float, float]] = []
         self.preemptions = 0
@@ -160,7 +152,7 @@ class ContinuousBatcher:
     @property
     def decode_batch(self) -> int:
         """Number of requests in the decode phase."""
-        return self._dec_n
+        return self._dec.n
 
     def is_idle(self) -> bool:
         """True when nothing is queued or running."""
@@ -174,7 +166,7 @@ class ContinuousBatcher:
         """
         c = self.config
         return (len(self.waiting) == 1 and len(self.running) < c.max_num_seqs
-                and self._dec_n < c.max_num_batched_tokens)
+                and self._dec.n < c.max_num_batched_tokens)
 
     # -- planning ---------------------------------------------------------------------------
 
@@ -182,8 +174,8 @@ class ContinuousBatcher:
         """Schedule the next iteration; None when there is nothing to run."""
         preempted = self.preemptions
         self._reserve_decode_growth(now)
-        plan = Plan(decode_batch=self._dec_n)
-        budget = self.config.max_num_batched_tokens - self._dec_n
+        plan = Plan(decode_batch=self._dec.n)
+        budget = self.config.max_num_batched_tokens - self._dec.n
         if self.partial is not None and budget > 0:
             budget = self._continue_partial(plan, budget, now)
         # vLLM admits no waiting request in a step that preempted one
@@ -192,15 +184,13 @@ class ContinuousBatcher:
             self._admit(plan, budget, now)
         if not plan.chunks and not plan.decode_batch:
             return None
-        plan.decode_ctx_sum = self._dec_sum_a + self._dec_n * (self.it + 1)
+        plan.decode_ctx_sum = self._dec.ctx_sum(self.it)
         return plan
 
     def _reserve_decode_growth(self, now: float) -> None:
         """Allocate the decodes' new blocks for the next iteration, preempting if needed."""
-        bs = self.kv.block_size
-        while self._dec_n:
-            # requests whose KV length a + it is a multiple of bs start a block: a % bs == -it
-            need = self._dec_r[(-self.it - 1) % bs]
+        while self._dec.n:
+            need = self._dec.new_blocks(self.it)
             if need <= self.kv.free_blocks:
                 self.kv.allocate(need)
                 return
@@ -283,21 +273,18 @@ class ContinuousBatcher:
         """
         if self.preempted_in_plan:
             return 1  # the next step may admit again; stepping would try it
-        heap = self._fin_heap
-        while heap and self._dec_fin.get(heap[0][1]) != heap[0][0]:
-            heapq.heappop(heap)
-        k = heap[0][0] - self.it
+        k = self._dec.next_finish() - self.it
         # With requests waiting, the run also ends before growth would evict cached blocks:
         # an eviction can shrink the queue head's prefix hit and so make it admissible.
         free = self.kv.empty if self.waiting else self.kv.free_blocks
         # each request needs at most one block per block_size iterations (+1 partial)
-        if self._dec_n * ((k - 1) // self.kv.block_size + 1) <= free:
+        if self._dec.n * ((k - 1) // self.kv.block_size + 1) <= free:
             return k
-        start = self._dec_blocks(self.it + 1)
+        start = self._dec.blocks(self.it + 1)
         lo, hi = 1, k  # largest j in [lo, hi] with growth(j) <= free
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self._dec_blocks(self.it + mid) - start <= free:
+            if self._dec.blocks(self.it + mid) - start <= free:
                 lo = mid
             else:
                 hi = mid - 1
@@ -307,8 +294,8 @@ class ContinuousBatcher:
         """KV blocks in use once ``iterations_started`` iterations of a decode run began."""
         if iterations_started <= 1:
             return self.kv.used_blocks
-        return (self.kv.used_blocks + self._dec_blocks(self.it + iterations_started)
-                - self._dec_blocks(self.it + 1))
+        return (self.kv.used_blocks + self._dec.blocks(self.it + iterations_started)
+                - self._dec.blocks(self.it + 1))
 
     # -- applying ---------------------------------------------------------------------------
 
@@ -318,15 +305,12 @@ class ContinuousBatcher:
         first = self.it + 1
         self.it += iterations
         if iterations > 1:
-            self.kv.allocate(self._dec_blocks(self.it) - self._dec_blocks(first))
+            self.kv.allocate(self._dec.blocks(self.it) - self._dec.blocks(first))
         finished: list[Outcome] = []
         self.first_tokens.clear()
-        heap = self._fin_heap
-        while heap and heap[0][0] <= self.it:
-            fin, rid = heapq.heappop(heap)
-            if self._dec_fin.get(rid) == fin:
-                self._leave_decode(rid)
-                finished.append(self._finish(rid, self._seq[rid] - 1, now))
+        for rid in self._dec.pop_finished(self.it):
+            self._leave_decode(rid)
+            finished.append(self._finish(rid, self._seq[rid] - 1, now))
         for rid, chunk, done in plan.chunks:
             self._meta[rid][5] += chunk
             outcome = self._complete_chunk(rid, done + chunk, now)
@@ -365,44 +349,19 @@ class ContinuousBatcher:
             self.kv.publish(self._holding[rid], spans, computed // self.kv.block_size)
 
     def _join_decode(self, rid: int, kv_tokens: int, held: int) -> None:
-        a = kv_tokens - self.it
         # held == blocks_for(kv_tokens) by construction; kept for the assertion
         assert held == self.kv.blocks_for(kv_tokens), (held, kv_tokens)
-        self._dec_a[rid] = a
         self._meta[rid][6] = kv_tokens
-        q, r = divmod(a + self.kv.block_size - 1, self.kv.block_size)
-        self._dec_q += q
-        self._dec_r[r] += 1
-        self._dec_n += 1
-        self._dec_sum_a += a
         generated = kv_tokens - self.table.prompt_tokens[rid] + 1
-        fin = self.it + self.table.output_tokens[rid] - generated
-        self._dec_fin[rid] = fin
-        heapq.heappush(self._fin_heap, (fin, rid))
+        self._dec.join(rid, kv_tokens, self.it, self.table.output_tokens[rid] - generated)
 
     def _leave_decode(self, rid: int) -> int:
-        """Remove a request from the decode aggregates; return its KV token count."""
-        a = self._dec_a.pop(rid)
-        del self._dec_fin[rid]
-        q, r = divmod(a + self.kv.block_size - 1, self.kv.block_size)
-        self._dec_q -= q
-        self._dec_r[r] -= 1
-        self._dec_n -= 1
-        self._dec_sum_a -= a
-        kv_tokens = a + self.it
+        """Remove a request from the decode set; return its KV token count."""
+        kv_tokens = self._dec.leave(rid, self.it)
         self._seq[rid] = kv_tokens + 1
         meta = self._meta[rid]
         meta[5] += kv_tokens - meta[6]  # one token computed per decode iteration
         return kv_tokens
-
-    def _dec_blocks(self, x: int) -> int:
-        """Blocks the decoding requests hold once each has ``a + x`` tokens of KV."""
-        bs = self.kv.block_size
-        whole, rem = divmod(x, bs)
-        total = self._dec_q + self._dec_n * whole
-        if rem:
-            total += sum(self._dec_r[bs - rem:])
-        return total
 
     def _release(self, rid: int, kv_tokens: int, held: int | None = None,
                  preempted: bool = False) -> None:
@@ -518,15 +477,16 @@ class ContinuousBatcher:
         out = []
         for rid in [*self.waiting, *self.running]:
             meta = self._meta[rid]
-            done = meta[5] + (self._dec_a[rid] + self.it - meta[6] if rid in self._dec_a else 0)
+            done = meta[5] + (self._dec.kv_tokens(rid, self.it) - meta[6]
+                              if rid in self._dec else 0)
             out.append(Outcome(rid, self.node_id, UNFINISHED, meta[0], meta[1], math.nan,
                                self.generated(rid), meta[2], meta[3], meta[4], done))
         return out
 
     def generated(self, rid: int) -> int:
         """Tokens generated so far by a request on this node."""
-        if rid in self._dec_a:
-            return self._dec_a[rid] + self.it - self.table.prompt_tokens[rid] + 1
+        if rid in self._dec:
+            return self._dec.kv_tokens(rid, self.it) - self.table.prompt_tokens[rid] + 1
         return self._seq[rid] - self.table.prompt_tokens[rid]
 
     def check_invariants(self) -> None:
@@ -534,15 +494,16 @@ class ContinuousBatcher:
         self.kv.check_invariants()
         assert self.partial is None or self.partial in self.running
         assert not (set(self.waiting) & set(self.running))
-        decoders = set(self._dec_a)
+        offsets = self._dec.offsets()
+        decoders = set(offsets)
         prefilling = set(self._computed) - set(self.waiting)
         assert decoders | prefilling == set(self.running), (decoders, prefilling, self.running)
         assert len(self.running) <= self.config.max_num_seqs
-        held = sum(self.kv.blocks_for(a + self.it) for a in self._dec_a.values())
+        held = sum(self.kv.blocks_for(a + self.it) for a in offsets.values())
         held += sum(self._held[r] for r in prefilling)
         shared = sum(n for r in self.running for _, n in self._holding.get(r, []))
         assert held - shared == self.kv.private, (held, shared, self.kv.private)
-        assert self._dec_blocks(self.it) == sum(
-            self.kv.blocks_for(a + self.it) for a in self._dec_a.values())
-        assert math.isclose(self._dec_sum_a, sum(self._dec_a.values()))
+        assert self._dec.blocks(self.it) == sum(
+            self.kv.blocks_for(a + self.it) for a in offsets.values())
+        assert self._dec.sum_a == sum(offsets.values())
         assert self.waiting_tokens == sum(self._seq[r] for r in self.waiting)
