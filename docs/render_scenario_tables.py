@@ -91,6 +91,9 @@ def default(field: FieldInfo) -> str:
         value = field.default
     if isinstance(value, BaseModel):
         value = value.model_dump(exclude_defaults=True)
+    elif isinstance(value, list):
+        value = [v.model_dump(exclude_defaults=True) if isinstance(v, BaseModel) else v
+                 for v in value]
     text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
     return f"`{text.removesuffix('...').strip()}`"
 

@@ -15,7 +15,7 @@ import sim.model.adaptive_batcher  # registers the batcher
 import sim.policy  # noqa: F401  (registers the built-in strategies)
 from sim.errors import ProfileError, ScenarioError
 from sim.model.batcher import batchers
-from sim.model.cluster import NodeSpec
+from sim.model.cluster import NodeSpec, node_info
 from sim.model.cost import CostModel, cost_models
 from sim.policy.admission import admissions
 from sim.policy.base import Strategy, StrategyParams, strategies
@@ -80,6 +80,7 @@ def resolve(scenario: Scenario, source: str, base_dir: Path,
             spec = _node_spec(group, f"cluster.node_groups.{gi}", base_dir)
             nodes.extend([spec] * group.count)
         chosen = _choose_strategies(scenario, only)
+        _check_against_cluster(scenario, chosen, nodes)
         admission = None
         if scenario.router.admission is not None:
             admission = build_params(admissions, scenario.router.admission, "router.admission")
@@ -93,6 +94,20 @@ def resolve(scenario: Scenario, source: str, base_dir: Path,
     if models:
         resolved.check_models(set(models))
     return resolved
+
+
+def _check_against_cluster(scenario: Scenario, chosen: list[StrategyChoice],
+                           nodes: list[NodeSpec]) -> None:
+    """Let each strategy check its parameters against the nodes (e.g. one weight per node)."""
+    infos = tuple(node_info(i, spec) for i, spec in enumerate(nodes))
+    labels = [s.display for s in scenario.router.strategies]
+    for choice in chosen:
+        try:
+            choice.cls.check_cluster(choice.params, infos)
+        except ValueError as exc:
+            where = (f"router.strategies.{labels.index(choice.label)}.params"
+                     if choice.label in labels else "--strategy")
+            raise ScenarioError(f"strategy '{choice.spec.name}': {exc}", field=where) from None
 
 
 def _slowdowns(scenario: Scenario,

@@ -91,8 +91,8 @@ def _router(resolved: ResolvedScenario, choice: StrategyChoice, env: simpy.Envir
             cluster: Cluster, table: RequestTable, seed: int) -> Router:
     """The router with one strategy instance per replica and the scenario's mechanisms."""
     rsc = resolved.scenario.router
-    name = choice.spec.name
-    strategies = [choice.cls(choice.params, stream(seed, "router", name, *(() if i == 0 else (i,))))
+    key = choice.label  # labelled variants of one strategy get streams of their own
+    strategies = [choice.cls(choice.params, stream(seed, "router", key, *(() if i == 0 else (i,))))
                   for i in range(rsc.replicas)]
     admission = None
     if resolved.admission is not None:

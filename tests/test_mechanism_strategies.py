@@ -37,7 +37,7 @@ def view(inflight=(0, 0, 0), tokens=None, queued=None, running=None, kv_blocks=N
     telemetry = Telemetry(taken, tuple(queued or (0,) * n), tuple(running or (0,) * n),
                           (0,) * n)
     return ClusterView(now, nodes, tuple(accepting or (True,) * n), tuple(inflight),
-                       tuple(tokens or (0,) * n), telemetry, lambda rid, bs: [])
+                       tuple(tokens or (0,) * n), telemetry, lambda rid, bs, limit=None: [])
 
 
 def request(rid: int = 0, arrival_s: float = 10.0) -> RequestInfo:

@@ -39,7 +39,7 @@ def view(n: int = 3, inflight=None, accepting=None, nodes=None, blocks=None, que
     table = blocks or {}
     return ClusterView(now, tuple(nodes), tuple(accepting or (True,) * n),
                        tuple(inflight or zeros), zeros, telemetry,
-                       lambda rid, bs: list(table.get(rid, [])))
+                       lambda rid, bs, limit=None: list(table.get(rid, []))[:limit])
 
 
 def req(rid: int = 0, prompt: int = 100, max_out: int = 50, session: int = -1,
@@ -380,3 +380,17 @@ def test_auto_rejects_a_bad_inner_spec_at_load():
     """A misspelt inner strategy fails validation naming it."""
     with pytest.raises(ValueError, match="token_awar"):
         Auto.Params(medium={"name": "token_awar"})
+
+
+def test_weights_of_the_wrong_length_fail_when_the_scenario_loads(tmp_path):
+    """A weight list that does not match the cluster is a load-time error naming the field."""
+    from sim import app
+    from sim.errors import ScenarioError
+
+    from conftest import scenario_dict, write_scenario
+
+    raw = scenario_dict()
+    raw["router"]["strategies"] = [{"name": "weighted_round_robin",
+                                    "params": {"weights": [1, 2, 3]}}]
+    with pytest.raises(ScenarioError, match=r"router\.strategies\.0\.params.*3 entries"):
+        app.load(write_scenario(tmp_path, raw))

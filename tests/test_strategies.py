@@ -21,7 +21,7 @@ def make_view(inflight=(0, 0, 0), tokens=None, queued=None, running=None, kv=Non
     telemetry = Telemetry(taken, tuple(queued or (0,) * n), tuple(running or (0,) * n),
                           tuple(kv or (0,) * n))
     return ClusterView(now, nodes, tuple(accepting or (True,) * n), tuple(inflight),
-                       tuple(tokens or (0,) * n), telemetry, lambda rid, bs: [])
+                       tuple(tokens or (0,) * n), telemetry, lambda rid, bs, limit=None: [])
 
 
 REQUEST = RequestInfo(0, 10.0, 100, 50, -1, -1)

@@ -48,7 +48,7 @@ class Cluster:
             self.nodes.append(GpuNode(env, node_id, batcher, spec.cost, recorder,
                                       self._node_done, fast_forward,
                                       (slowdowns or {}).get(node_id, ())))
-        self.infos: tuple[NodeInfo, ...] = tuple(_node_info(i, s) for i, s in enumerate(specs))
+        self.infos: tuple[NodeInfo, ...] = tuple(node_info(i, s) for i, s in enumerate(specs))
 
     def _node_done(self, outcome: Outcome) -> None:
         self.on_done(outcome)
@@ -72,7 +72,7 @@ def _unset_on_done(outcome: Outcome) -> None:
     raise RuntimeError("Cluster.on_done was not connected to a router")
 
 
-def _node_info(node_id: int, spec: NodeSpec) -> NodeInfo:
+def node_info(node_id: int, spec: NodeSpec) -> NodeInfo:
     """What the router knows about a node, with capacity figures from its cost model."""
     batch = min(64, spec.batcher.max_num_seqs)
     decode_s = spec.cost.step_s(0, 0, 0, batch, batch * 1024)

@@ -98,11 +98,19 @@ class RequestTable:
         """
         return self._spans(rid, block_size, n_tokens, own=True)
 
-    def prompt_block_ids(self, rid: int, block_size: int) -> list[int]:
+    def prompt_block_ids(self, rid: int, block_size: int,
+                         max_blocks: int | None = None) -> list[int]:
         """One integer id per shareable full prompt block (``key << OFFSET_BITS | index``),
-        for strategies that track which blocks went where."""
-        return [(key << OFFSET_BITS) | j for key, n in self.prompt_spans(rid, block_size)
-                for j in range(n)]
+        the first ``max_blocks`` at most, for strategies that track which blocks went where."""
+        ids: list[int] = []
+        for key, n in self.prompt_spans(rid, block_size):
+            if max_blocks is not None:
+                n = min(n, max_blocks - len(ids))
+            base = key << OFFSET_BITS
+            ids.extend(range(base, base + n))
+            if max_blocks is not None and len(ids) >= max_blocks:
+                break
+        return ids
 
     def _spans(self, rid: int, bs: int, n_tokens: int, own: bool) -> list[tuple[int, int]]:
         keys, lens = self._seg_key, self._seg_len

@@ -92,8 +92,10 @@ class ClusterView(NamedTuple):
     inflight_requests: tuple[int, ...]
     inflight_tokens: tuple[int, ...]
     telemetry: Telemetry
-    #: ``prompt_block_ids(request_id, block_size)``: the request's shareable prompt block ids
-    prompt_block_ids: Callable[[int, int], list[int]]
+    #: ``prompt_block_ids(request_id, block_size[, max_blocks])``: ids of the request's
+    #: shareable full prompt blocks (chained: equal ids mean equal prefixes), the first
+    #: ``max_blocks`` at most
+    prompt_block_ids: Callable[..., list[int]]
     #: router-local tokens (prompt + max output) dispatched to each node since the telemetry
     #: sample was taken (what SGLang's ``least_load`` adds to the polled queue)
     dispatched_tokens_since_sample: tuple[int, ...] = ()
@@ -152,6 +154,11 @@ class Strategy(abc.ABC):
     def on_finish(self, outcome: Outcome) -> None:  # noqa: B027
         """Called when a request leaves its node: completed, rejected or withdrawn
         (``outcome.status``), with its timings and the tokens it generated."""
+
+    @classmethod  # noqa: B027  (an optional hook)
+    def check_cluster(cls, params: StrategyParams, nodes: tuple[NodeInfo, ...]) -> None:
+        """Check the parameters against the cluster when the scenario loads (e.g. one weight
+        per node); raise ``ValueError`` saying what was expected. Default: nothing to check."""
 
     # -- optional capabilities (the router uses them only if a strategy overrides them) ---
 

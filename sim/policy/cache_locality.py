@@ -78,7 +78,7 @@ class CacheLocality(Strategy):
         """The id of the block that ends the request's first ``prefix_tokens`` tokens."""
         block = view.nodes[0].block_size_tokens
         n_blocks = max(1, self.params.prefix_tokens // block)
-        blocks = view.prompt_block_ids(request.request_id, block)
+        blocks = view.prompt_block_ids(request.request_id, block, n_blocks)
         return blocks[n_blocks - 1] if len(blocks) >= n_blocks else None
 
     def choose(self, request: RequestInfo, view: ClusterView) -> int:

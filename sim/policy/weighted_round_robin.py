@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from sim.errors import ScenarioError
-from sim.policy.base import ClusterView, RequestInfo, Strategy, StrategyParams, strategies
+from sim.policy.base import ClusterView, NodeInfo, RequestInfo, Strategy, StrategyParams, strategies
 
 
 @strategies.register("weighted_round_robin")
@@ -49,6 +49,14 @@ class WeightedRoundRobin(Strategy):
         super().__init__(params, rng)
         self._weights: list[float] = []
         self._current: list[float] = []
+
+    @classmethod
+    def check_cluster(cls, params: StrategyParams, nodes: tuple[NodeInfo, ...]) -> None:
+        """One weight per node."""
+        weights = params.weights  # type: ignore[attr-defined]
+        if weights is not None and len(weights) != len(nodes):
+            raise ValueError(f"weights has {len(weights)} entries; expected one per node "
+                             f"({len(nodes)} nodes)")
 
     def _setup(self, view: ClusterView) -> None:
         weights = self.params.weights
