@@ -64,7 +64,7 @@ def test_prefill_pairs_count_causal_attention_work():
 
 def test_batch_size_limit_holds_requests_back():
     """With max_num_seqs=2 the third request waits until one of the first two finishes."""
-    table, b = make([10, 10, 10], [2, 5, 2], seqs=2)
+    _, b = make([10, 10, 10], [2, 5, 2], seqs=2)
     for rid in range(3):
         b.enqueue(rid, 0.0)
     plan, _ = step(b, 1.0)
@@ -268,7 +268,7 @@ def test_cancel_withdraws_a_request_wherever_it_is_and_frees_its_blocks():
     the work it cost; a request that already left is ignored."""
     from sim.outcome import CANCELLED
 
-    table, b = make([40, 300, 20], [30, 5, 5], budget=64, seqs=2)
+    _, b = make([40, 300, 20], [30, 5, 5], budget=64, seqs=2)
     for rid in range(3):
         b.enqueue(rid, 0.0)
     step(b, 1.0)                          # 0 prefills whole, 1 starts a 24-token chunk
