@@ -61,6 +61,14 @@ class RunData:
     router_stats: dict[str, int] = dataclasses.field(default_factory=dict)
     strategy_stats: dict[str, float] = dataclasses.field(default_factory=dict)
     monitor_interval_s: float = 10.0
+    _split: list = dataclasses.field(default_factory=list, repr=False)
+
+    def by_node(self) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+        """The run log and the state series split per node (computed once, then reused)."""
+        if not self._split:
+            n = self.max_num_seqs.size
+            self._split.extend((split_by_node(self.runs, n), split_by_node(self.states, n)))
+        return self._split[0], self._split[1]
 
 
 def distribution(x: np.ndarray) -> dict[str, float | None]:
@@ -180,7 +188,7 @@ def split_by_node(frame: dict[str, np.ndarray], n_nodes: int) -> list[dict[str, 
     """One frame per node (rows keep their time order), from one stable sort."""
     order = np.argsort(frame["node"], kind="stable")
     bounds = np.searchsorted(frame["node"][order], np.arange(n_nodes + 1))
-    sorted_cols = {k: v[order] for k, v in frame.items()}
+    sorted_cols = {k: np.take(v, order) for k, v in frame.items()}
     return [{k: v[bounds[i]:bounds[i + 1]] for k, v in sorted_cols.items()}
             for i in range(n_nodes)]
 
@@ -191,8 +199,7 @@ def _node_utilisation(data: RunData) -> dict[str, np.ndarray]:
     length = b - a
     n = data.max_num_seqs.size
     out = {k: np.zeros(n) for k in ("busy", "tokens", "flops", "kv", "running", "waiting")}
-    runs_by_node = split_by_node(data.runs, n)
-    states_by_node = split_by_node(data.states, n)
+    runs_by_node, states_by_node = data.by_node()
     for node in range(n):
         r, m = runs_by_node[node], states_by_node[node]
         s, e = r["start_s"], r["end_s"]
@@ -319,8 +326,7 @@ def balance_over_time(data: RunData) -> dict[str, list]:
     step = data.monitor_interval_s
     edges = np.arange(0.0, max(data.end_s, step) + step, step)
     n = data.max_num_seqs.size
-    runs_by_node = split_by_node(data.runs, n)
-    states_by_node = split_by_node(data.states, n)
+    runs_by_node, states_by_node = data.by_node()
     load = np.array([_sense_per_node(data, i, runs_by_node[i], states_by_node[i], edges)
                      for i in range(n)])
     mean = load.mean(axis=0)
@@ -353,8 +359,7 @@ def timeline(data: RunData, bucket_s: float) -> dict[str, np.ndarray]:
     cols: dict[str, list[np.ndarray]] = {k: [] for k in (
         "node", "t_s", "busy", "prefill_tokens_per_s", "decode_tokens_per_s", "kv_occupancy",
         "batch_occupancy", "running", "waiting")}
-    runs_by_node = split_by_node(data.runs, n)
-    states_by_node = split_by_node(data.states, n)
+    runs_by_node, states_by_node = data.by_node()
     for node in range(n):
         r, m = runs_by_node[node], states_by_node[node]
         s, e, t = r["start_s"], r["end_s"], m["t_s"]

@@ -124,6 +124,7 @@ class ContinuousBatcher:
         #: requests whose first token came in the last ``apply``
         self.first_tokens: list[int] = []
         self._dec = DecodeSet(bs)
+        self._plan = Plan()
         #: inter-token gaps caused by preemption: (time the token came, gap in s)
         self.preemption_gaps: list[tuple[float, float]] = []
         self.preemptions = 0
@@ -171,20 +172,29 @@ class ContinuousBatcher:
     # -- planning ---------------------------------------------------------------------------
 
     def plan(self, now: float) -> Plan | None:
-        """Schedule the next iteration; None when there is nothing to run."""
+        """Schedule the next iteration; None when there is nothing to run.
+
+        The returned plan object is reused by the next call (the node applies a plan before
+        it asks for the next one).
+        """
         preempted = self.preemptions
-        self._reserve_decode_growth(now)
-        plan = Plan(decode_batch=self._dec.n)
-        budget = self.config.max_num_batched_tokens - self._dec.n
+        dec = self._dec
+        if dec.n:
+            self._reserve_decode_growth(now)
+        plan = self._plan
+        plan.chunks = []
+        plan.prefill_tokens = plan.prefill_pairs = 0
+        plan.decode_batch = dec.n
+        budget = self.config.max_num_batched_tokens - dec.n
         if self.partial is not None and budget > 0:
             budget = self._continue_partial(plan, budget, now)
         # vLLM admits no waiting request in a step that preempted one
         self.preempted_in_plan = self.preemptions != preempted
-        if self.partial is None and not self.preempted_in_plan:
+        if self.waiting and self.partial is None and not self.preempted_in_plan:
             self._admit(plan, budget, now)
         if not plan.chunks and not plan.decode_batch:
             return None
-        plan.decode_ctx_sum = self._dec.ctx_sum(self.it)
+        plan.decode_ctx_sum = dec.sum_a + dec.n * (self.it + 1)
         return plan
 
     def _reserve_decode_growth(self, now: float) -> None:
@@ -192,7 +202,8 @@ class ContinuousBatcher:
         while self._dec.n:
             need = self._dec.new_blocks(self.it)
             if need <= self.kv.free_blocks:
-                self.kv.allocate(need)
+                if need:
+                    self.kv.allocate(need)
                 return
             self._preempt(next(reversed(self.running)), now)
 
@@ -307,10 +318,13 @@ class ContinuousBatcher:
         if iterations > 1:
             self.kv.allocate(self._dec.blocks(self.it) - self._dec.blocks(first))
         finished: list[Outcome] = []
-        self.first_tokens.clear()
-        for rid in self._dec.pop_finished(self.it):
-            self._leave_decode(rid)
-            finished.append(self._finish(rid, self._seq[rid] - 1, now))
+        if self.first_tokens:
+            self.first_tokens.clear()
+        heap = self._dec.finish_heap
+        if heap and heap[0][0] <= self.it:
+            for rid in self._dec.pop_finished(self.it):
+                self._leave_decode(rid)
+                finished.append(self._finish(rid, self._seq[rid] - 1, now))
         for rid, chunk, done in plan.chunks:
             self._meta[rid][5] += chunk
             outcome = self._complete_chunk(rid, done + chunk, now)

@@ -20,7 +20,7 @@ import heapq
 class DecodeSet:
     """Requests in their decode phase, as offsets and aggregates."""
 
-    __slots__ = ("_a", "_fin", "_heap", "_q", "_r", "bs", "n", "sum_a")
+    __slots__ = ("_a", "_fin", "_q", "_r", "bs", "finish_heap", "n", "sum_a")
 
     def __init__(self, block_size: int):
         self.bs = block_size
@@ -32,7 +32,8 @@ class DecodeSet:
         self._r = [0] * block_size      # histogram of (a + bs - 1) % bs
         self._a: dict[int, int] = {}    # request -> offset
         self._fin: dict[int, int] = {}  # request -> iteration after which it finishes
-        self._heap: list[tuple[int, int]] = []
+        #: (finish iteration, request), with stale entries of requests that left (read only)
+        self.finish_heap: list[tuple[int, int]] = []
 
     def __contains__(self, rid: int) -> bool:
         return rid in self._a
@@ -53,7 +54,7 @@ class DecodeSet:
         self.sum_a += a
         fin = it + tokens_left
         self._fin[rid] = fin
-        heapq.heappush(self._heap, (fin, rid))
+        heapq.heappush(self.finish_heap, (fin, rid))
 
     def leave(self, rid: int, it: int) -> int:
         """Remove a request; return its KV tokens after iteration ``it``."""
@@ -90,7 +91,7 @@ class DecodeSet:
 
     def next_finish(self) -> int:
         """The earliest finish iteration (the set must not be empty)."""
-        heap, fin = self._heap, self._fin
+        heap, fin = self.finish_heap, self._fin
         while fin.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)
         return heap[0][0]
@@ -98,7 +99,7 @@ class DecodeSet:
     def pop_finished(self, it: int) -> list[int]:
         """The requests that finish at or before iteration ``it`` (their heap entries are
         consumed; the caller removes them with ``leave``)."""
-        heap, fin = self._heap, self._fin
+        heap, fin = self.finish_heap, self._fin
         done = []
         while heap and heap[0][0] <= it:
             end, rid = heapq.heappop(heap)

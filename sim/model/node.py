@@ -168,8 +168,9 @@ class GpuNode:
         if event is not self._pending:
             return
         now = self.env.now
-        plan = self.batcher.plan(now)
-        if self.batcher.kv.events:
+        batcher = self.batcher
+        plan = batcher.plan(now)
+        if batcher.kv.events:
             self._flush_kv_events(now)
         if plan is None:
             self._pending = None
@@ -184,22 +185,25 @@ class GpuNode:
         self._plan = plan
         self._run_start = now
         if plan.chunks:
-            self._iterations = 1
-            self._alpha = self.cost.step_s(plan.prefill_tokens, len(plan.chunks),
-                                           plan.prefill_pairs, plan.decode_batch,
-                                           plan.decode_ctx_sum)
-            self._beta = 0.0
+            k = 1
+            alpha = self.cost.step_s(plan.prefill_tokens, len(plan.chunks), plan.prefill_pairs,
+                                     plan.decode_batch, plan.decode_ctx_sum)
+            beta = 0.0
         else:
             base, per_ctx = self.cost.decode_terms(plan.decode_batch)
-            self._alpha = base + per_ctx * plan.decode_ctx_sum
-            self._beta = per_ctx * plan.decode_batch
-            self._iterations = self.batcher.decode_run_limit() if self.fast_forward else 1
+            alpha = base + per_ctx * plan.decode_ctx_sum
+            beta = per_ctx * plan.decode_batch
+            k = batcher.decode_run_limit() if self.fast_forward else 1
         if self.slowdowns:
             factor = self.speed_factor(now)
-            self._alpha *= factor
-            self._beta *= factor
-        self._record_state(now)
-        self._pending = LateTimeout(self.env, self._run_time(self._iterations), self._end_iteration)
+            alpha *= factor
+            beta *= factor
+        self._iterations, self._alpha, self._beta = k, alpha, beta
+        kv = batcher.kv
+        self._states.extend((now, self.node_id, len(batcher.waiting), len(batcher.running),
+                             kv.total_blocks - kv.empty - kv.free_cached))
+        self._pending = LateTimeout(self.env, k * alpha + beta * (k * (k - 1) // 2),
+                                    self._end_iteration)
 
     def _end_iteration(self, event: LateTimeout) -> None:
         if event is not self._pending:
@@ -207,7 +211,11 @@ class GpuNode:
         now = self.env.now
         plan, k = self._plan, self._iterations
         assert plan is not None
-        self._book_run(plan, k, now)
+        b = plan.decode_batch
+        self._runs.extend((self._run_start, now, self.node_id, k, b, len(plan.chunks),
+                           plan.prefill_tokens, plan.prefill_pairs,
+                           k * plan.decode_ctx_sum + b * (k * (k - 1) // 2),
+                           self._alpha, self._beta))
         batcher = self.batcher
         if batcher.observes_runs:
             batcher.observe_run(k, now - self._run_start, plan.decode_batch)
@@ -266,13 +274,8 @@ class GpuNode:
 
     # -- measurement ------------------------------------------------------------------------
 
-    def _book_run(self, plan: Plan, k: int, now: float) -> None:
-        """Append the run's row to the iteration log (``sim.metrics.recorder.RUN_COLUMNS``)."""
-        b = plan.decode_batch
-        self._runs.extend((self._run_start, now, self.node_id, k, b, len(plan.chunks),
-                           plan.prefill_tokens, plan.prefill_pairs,
-                           k * plan.decode_ctx_sum + b * (k * (k - 1) // 2),
-                           self._alpha, self._beta))
+    # The two ``extend`` calls in ``_start_iteration`` and ``_end_iteration`` append the same
+    # rows as ``_record_state`` and the run log (``RUN_COLUMNS``), inlined on the hot path.
 
     def _record_state(self, now: float) -> None:
         """Append a change point (``sim.metrics.recorder.STATE_COLUMNS``)."""

@@ -20,16 +20,22 @@ class RoundRobin(Strategy):
 
     def __init__(self, params: StrategyParams, rng: np.random.Generator) -> None:
         super().__init__(params, rng)
-        self._cycles: dict[tuple[bool, ...], list[int]] = {}
-        self._next: dict[tuple[bool, ...], int] = {}
+        self._cycles: dict[tuple[bool, ...], list[int]] = {}   # accepting set -> [ids, next]
+        self._last: tuple[tuple[bool, ...], list] | None = None
 
     def choose(self, request: RequestInfo, view: ClusterView) -> int:
         accepting = view.accepting
-        cycle = self._cycles.get(accepting)
-        if cycle is None:
-            cycle = self._cycles[accepting] = view.accepting_ids()
-            if not cycle:
-                raise RuntimeError("no accepting node")
-        k = self._next.get(accepting, 0)
-        self._next[accepting] = (k + 1) % len(cycle)
-        return cycle[k]
+        last = self._last
+        if last is not None and last[0] is accepting:  # the router reuses its tuples
+            state = last[1]
+        else:
+            state = self._cycles.get(accepting)
+            if state is None:
+                ids = view.accepting_ids()
+                if not ids:
+                    raise RuntimeError("no accepting node")
+                state = self._cycles[accepting] = [ids, 0]
+            self._last = (accepting, state)
+        ids, k = state
+        state[1] = (k + 1) % len(ids)
+        return ids[k]
