@@ -190,21 +190,22 @@ def _strategy_stats(router: Router) -> dict[str, float]:
 
 def request_columns(table: RequestTable) -> dict[str, np.ndarray]:
     """The per-request records as numpy columns (the content of ``requests.parquet``)."""
+    records = {name: np.frombuffer(getattr(table, name),
+                                   dtype=np.float64 if name.endswith("_s") else np.int64)
+               for name in ("node", "status", "generated_tokens", "cached_tokens",
+                            "recomputed_tokens", "preemptions", "first_scheduled_s",
+                            "first_token_s", "finish_s")}
     return {
         "request_id": np.arange(table.n, dtype=np.int64),
         "arrival_s": np.array(table.arrival_s, dtype=np.float64),
-        "node": np.array(table.node, dtype=np.int64),
-        "status": np.array(table.status, dtype=np.int64),
+        "node": records["node"],
+        "status": records["status"],
         "prompt_tokens": np.array(table.prompt_tokens, dtype=np.int64),
         "output_tokens": np.array(table.output_tokens, dtype=np.int64),
         "max_output_tokens": np.array(table.max_output_tokens, dtype=np.int64),
-        "generated_tokens": np.array(table.generated_tokens, dtype=np.int64),
-        "cached_tokens": np.array(table.cached_tokens, dtype=np.int64),
-        "recomputed_tokens": np.array(table.recomputed_tokens, dtype=np.int64),
-        "preemptions": np.array(table.preemptions, dtype=np.int64),
-        "first_scheduled_s": np.array(table.first_scheduled_s, dtype=np.float64),
-        "first_token_s": np.array(table.first_token_s, dtype=np.float64),
-        "finish_s": np.array(table.finish_s, dtype=np.float64),
+        **{k: records[k] for k in ("generated_tokens", "cached_tokens", "recomputed_tokens",
+                                   "preemptions", "first_scheduled_s", "first_token_s",
+                                   "finish_s")},
         "session_id": np.array(table.session_id, dtype=np.int64),
         "prefix_group": np.array(table.prefix_group, dtype=np.int64),
     }

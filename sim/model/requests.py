@@ -8,6 +8,7 @@ records the run fills in: one slot per request, no per-request objects.
 from __future__ import annotations
 
 import math
+from array import array
 
 from sim.outcome import (  # noqa: F401  (re-exported for the model)
     CANCELLED,
@@ -46,15 +47,17 @@ class RequestTable:
                                       else [bool(s) for s in sheddable])
         nan = math.nan
         # records
-        self.node = [-1] * n
-        self.first_scheduled_s = [nan] * n
-        self.first_token_s = [nan] * n
-        self.finish_s = [nan] * n
-        self.status = [UNFINISHED] * n
-        self.preemptions = [0] * n
-        self.cached_tokens = [0] * n
-        self.recomputed_tokens = [0] * n
-        self.generated_tokens = [0] * n
+        # records: written once per request, read as numpy without a copy (machine-size
+        # values, 8 bytes each, instead of a Python object per entry)
+        self.node = array("q", [-1]) * n
+        self.first_scheduled_s = array("d", [nan]) * n
+        self.first_token_s = array("d", [nan]) * n
+        self.finish_s = array("d", [nan]) * n
+        self.status = array("q", [UNFINISHED]) * n
+        self.preemptions = array("q", [0]) * n
+        self.cached_tokens = array("q", [0]) * n
+        self.recomputed_tokens = array("q", [0]) * n
+        self.generated_tokens = array("q", [0]) * n
 
     def record(self, outcome: Outcome) -> None:
         """Store an attempt's outcome as the request's record."""
