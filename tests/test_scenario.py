@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +351,11 @@ def test_format_validation_error_counts_the_rest() -> None:
     assert text.startswith("router.strategies.3.params.")
     assert text.endswith("[and 2 more errors]")
     assert "\n" not in text
+
+
+def test_scenario_reference_is_up_to_date():
+    """docs/scenarios.md lists every key and registered component as the code defines them
+    (regenerate with python docs/render_scenario_tables.py)."""
+    proc = subprocess.run([sys.executable, str(REPO / "docs" / "render_scenario_tables.py"),
+                           "--check"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
