@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from sim.calibration import vidur
+from sim.calibration.anchors import ANCHORS
 from sim.calibration.vidur import sig
 from sim.model.cost import ProfileCostModel
 from sim.model.profile import SCHEMA_ID, Profile, parse_profile, vllm_kv_blocks, write_profile
@@ -365,51 +366,6 @@ def build(d: Deriver, t: Target) -> dict[str, Any]:
     figs = key_figures(parse_profile(data, source=t.name))
     data["checks"] = {"key_figures": figs, "anchors": anchor_checks(t.name, figs)}
     return data
-#: Published or measured reference numbers (profiling.md §3.2, §4.2, §4.3). A pair is a range.
-ANCHORS: dict[str, list[tuple[str, Any, str]]] = {
-    "h100/llama-2-7b": [
-        *((f"lin_ms@{n}", v, "Vidur H100 mlp.csv summed (profiling.md §4.3)") for n, v in (
-            (1, 5.60), (64, 5.86), (128, 6.37), (256, 9.15), (512, 11.98), (1024, 21.0),
-            (2048, 40.3), (4096, 83.5))),
-        ("decode_ms@B1_ctx1024", 4.9, "roofline, profiling.md §4.2"),
-        ("decode_ms@B64_ctx1024", 16.2, "roofline, profiling.md §4.2"),
-        ("prefill_ms@2048", 44.0, "roofline, profiling.md §4.2"),
-        ("kv_capacity_tokens", 117000, "analytic, profiling.md §3.2"),
-    ],
-    "h100/llama-3-8b": [
-        ("lin_ms@1", [5.0, 6.5], "expected range, profiling.md §4.3"),
-        ("lin_slope_us_per_token", [17.0, 23.0], "expected range, profiling.md §4.3"),
-        ("decode_ctx_slope_ns_per_token", [44.0, 52.0], "expected range, profiling.md §4.3"),
-        ("head_ms@1", 0.35, "1.05 GB / 3 TB/s, profiling.md §4.3"),
-        ("decode_ms@B1_ctx1024", 5.4, "roofline, profiling.md §4.2"),
-        ("decode_ms@B64_ctx1024", 8.2, "roofline, profiling.md §4.2"),
-        ("prefill_ms@2048", 48.0, "roofline, profiling.md §4.2"),
-        ("kv_capacity_tokens", 448000, "analytic, profiling.md §3.2"),
-    ],
-    "a100/llama-2-7b": [
-        ("lin_ms@1", 9.28, "Vidur A100 mlp.csv summed (profiling.md §4.3)"),
-        ("lin_ms@128", 12.24, "Vidur A100 mlp.csv summed (profiling.md §4.3)"),
-        ("lin_ms@4096", 258.0, "Vidur A100 mlp.csv summed (profiling.md §4.3)"),
-        ("decode_ms@B1_ctx1024", 9.5, "gpt-fast batch 1 at 330 W, profiling.md §4.3"),
-        ("kv_capacity_tokens", 118000, "analytic, profiling.md §3.2"),
-    ],
-    "a100/llama-3-8b": [
-        ("lin_ms@1", 9.70, "Vidur A100 mlp.csv summed (profiling.md §4.3)"),
-        ("lin_ms@128", 13.18, "Vidur A100 mlp.csv summed (profiling.md §4.3)"),
-        ("lin_ms@4096", 274.0, "Vidur A100 mlp.csv summed (profiling.md §4.3)"),
-        ("kv_capacity_tokens", 451000, "analytic, profiling.md §3.2"),
-    ],
-    "a100/llama-2-70b-tp2": [
-        ("prefill_ms@2048", [686.0, 689.0], "Splitwise-sim DGX-A100 perf_model.csv, §4.3"),
-        ("decode_ms@B1_ctx1024", 54.0, "Splitwise-sim DGX-A100, batch 1 (context unstated)"),
-    ],
-    "h100/llama-2-70b-tp2": [
-        ("prefill_ms@2048", [300.0, 312.0], "Splitwise-sim DGX-H100 perf_model.csv, §4.3"),
-        ("decode_ms@B1_ctx1024", 37.0, "Splitwise-sim DGX-H100, batch 1 (context unstated)"),
-    ],
-}
-
-
 def key_figures(profile: Profile) -> dict[str, float]:
     """Headline numbers of a profile (ms unless named otherwise)."""
     cm = ProfileCostModel.from_profile(profile)

@@ -21,40 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from sim.calibration.anchors import ANCHORS, anchor_key
 from sim.calibration.vidur import sig
 from sim.model.profile import Profile
 from sim.profile import fit
 
-#: (gpu key, model name) -> [(quantity, expected value or [low, high], source)].
-ANCHORS: dict[tuple[str, str], list[tuple[str, Any, str]]] = {
-    ("h100", "llama-3-8b"): [
-        ("lin_ms@1", [5.0, 6.5], "expected range, profiling.md §4.3 (weights / 70-85% of BW)"),
-        ("lin_slope_us_per_token", [17.0, 23.0], "expected range, profiling.md §4.3"),
-        ("decode_ctx_slope_ns_per_token", [44.0, 52.0], "expected range, profiling.md §4.3"),
-        ("head_ms@1", 0.35, "1.05 GB / 3 TB/s, profiling.md §4.3"),
-        ("decode_ms@B1_ctx1024", 5.4, "roofline, profiling.md §4.2"),
-        ("decode_ms@B64_ctx1024", 8.2, "roofline, profiling.md §4.2"),
-        ("prefill_ms@2048", 48.0, "roofline, profiling.md §4.2"),
-        ("kv_capacity_tokens", 448000, "analytic, profiling.md §3.2"),
-    ],
-    ("h100", "llama-2-7b"): [
-        *((f"lin_ms@{n}", v, "Vidur H100 mlp.csv summed, kernel time (profiling.md §4.3)")
-          for n, v in ((1, 5.60), (64, 5.86), (128, 6.37), (256, 9.15), (512, 11.98),
-                       (1024, 21.0), (2048, 40.3), (4096, 83.5))),
-        ("decode_ms@B1_ctx1024", 4.9, "roofline, profiling.md §4.2"),
-        ("decode_ms@B64_ctx1024", 16.2, "roofline, profiling.md §4.2"),
-        ("prefill_ms@2048", 44.0, "roofline, profiling.md §4.2"),
-        ("kv_capacity_tokens", 117000, "analytic, profiling.md §3.2"),
-    ],
-    ("h200", "llama-3-8b"): [
-        ("kv_capacity_tokens", 896000, "analytic, profiling.md §3.2"),
-        ("lin_slope_us_per_token", [17.0, 23.0],
-         "the H100 range of profiling.md §4.3 (same GH100 compute; an assumption)"),
-        ("decode_ctx_slope_ns_per_token", [30.5, 38.5],
-         "128 KiB / 3.4-4.3 TB/s (the H200's measured copy rate, profiling.md §1)"),
-    ],
-    ("h200", "llama-2-7b"): [("kv_capacity_tokens", 229000, "analytic, profiling.md §3.2")],
-}
 VIDUR_GPUS = ("h100", "a100", "a40")
 
 
@@ -75,8 +46,9 @@ def anchor_checks(data: dict[str, Any]) -> list[dict[str, Any]]:
     figs = data.get("checks", {}).get("key_figures") or fit.key_figures(
         data["step_model"], data["kv_cache"]["capacity_tokens"])
     out = []
-    for key, expected, src in ANCHORS.get((gpu_key(data["hardware"]["gpu"]),
-                                           data["model"]["name"]), []):
+    key_name = anchor_key(gpu_key(data["hardware"]["gpu"]), data["model"]["name"],
+                          int(data["hardware"].get("tensor_parallel", 1)))
+    for key, expected, src in ANCHORS.get(key_name, []):
         got = figs.get(key)
         if got is None:
             continue
