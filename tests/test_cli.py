@@ -16,7 +16,7 @@ import sim.results
 from sim.cli import main
 from sim.policy.base import strategies
 
-from conftest import REPO, scenario_dict, write_scenario
+from conftest import REPO, expect_error, scenario_dict, write_scenario
 
 RUN_FILES = {"summary.json", "requests.parquet", "nodes.parquet", "timeline.parquet",
              "scenario.resolved.yaml", "meta.json"}
@@ -37,16 +37,6 @@ def run(scenario: Path, out: Path, *args: Any) -> Result:
     return invoke("run", scenario, "--out", out, "--quiet", *args)
 
 
-def expect_error(result: Result, *needles: str) -> str:
-    """Assert exit code 2 and one stderr line containing every needle; return the line."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("simlb: error: ")
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0]
-    return lines[0]
 
 
 def tree(folder: Path) -> dict[str, bytes]:

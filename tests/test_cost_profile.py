@@ -13,44 +13,16 @@ from sim.errors import ProfileError
 from sim.model.cost import ProfileCostModel, cost_models
 from sim.model.profile import load_profile, shipped_profile_names, write_profile
 
+from conftest import tiny_profile_data
+
 REPO = Path(__file__).resolve().parents[1]
 EXT = {"kind": "linear", "max_factor": 2.0}
 
 
 def tiny_data() -> dict:
-    """Hand-made profile: lin [1,4,8]->[1,1,2] ms (+0.25/token), head [1,2]->[0.1,0.2] ms."""
-    return {
-        "schema": "simlb.profile/v1", "name": "test/tiny",
-        "source": {"kind": "measured", "method": "hand-made", "data": [],
-                   "created": "2026-11-27", "tool": "tests"},
-        "hardware": {"gpu": "Test GPU", "tensor_parallel": 2, "memory_bytes_per_gpu": 10**6,
-                     "peak_bf16_flops_per_gpu": 1e12, "hbm_bandwidth_bytes_per_s": 1e9,
-                     "effective_bandwidth_bytes_per_s": 1e9, "notes": ""},
-        "model": {"name": "tiny", "num_layers": 2, "hidden_size": 64, "num_heads": 4,
-                  "num_kv_heads": 2, "head_dim": 16, "intermediate_size": 128,
-                  "vocab_size": 1000, "params": 50_000, "dtype": "bfloat16",
-                  "max_position": 4096},
-        "kv_cache": {"dtype": "bfloat16", "kv_bytes_per_token_per_gpu": 128, "block_size": 16,
-                     "gpu_memory_utilization": 0.9, "total_bytes_per_gpu": 10**6,
-                     "weights_bytes_per_gpu": 100_000, "peak_activation_bytes_per_gpu": 50_000,
-                     "non_torch_bytes_per_gpu": 50_000, "capacity_tokens": 5456,
-                     "method": "hand-made"},
-        "step_model": {
-            "units": "ms",
-            "lin": {"x_tokens": [1, 4, 8], "y_ms": [1.0, 1.0, 2.0],
-                    "extrapolation": {**EXT, "slope_ms_per_token": 0.25}},
-            "comm": None,
-            "head": {"x_seqs": [1, 2], "y_ms": [0.1, 0.2],
-                     "extrapolation": {"kind": "linear", "slope_ms_per_seq": 0.1,
-                                       "max_factor": 4.0}},
-            "attn_decode": {"features": ["const", "batch", "sum_ctx"],
-                            "coef": [0.5, 0.01, 0.001]},
-            "attn_prefill": {"features": ["per_chunk", "chunk_tokens", "attn_pairs"],
-                             "coef": [0.2, 0.002, 0.0001]},
-            "mixed_factor": 1.5, "cpu_overhead_ms": 0.3,
-        },
-        "fit_quality": {}, "checks": {},
-    }
+    """The shared hand-made profile on two GPUs (tensor parallelism 2)."""
+    return tiny_profile_data(tensor_parallel=2, kv_bytes_per_token_per_gpu=128,
+                             capacity_tokens=5456)
 
 
 def _model(tmp_path: Path, data: dict | None = None, **params: object) -> ProfileCostModel:

@@ -13,51 +13,15 @@ import pytest
 
 from sim.errors import ProfileError
 from sim.model.profile import (
-    SCHEMA_ID,
     load_profile,
     parse_profile,
     shipped_profile_names,
     write_profile,
 )
 
+from conftest import tiny_profile_data
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_profile_data() -> dict:
-    """A small hand-made profile (2 layers, 4 query / 2 KV heads of 16, one GPU)."""
-    ext = {"kind": "linear", "max_factor": 2.0}
-    return {
-        "schema": SCHEMA_ID, "name": "test/tiny",
-        "source": {"kind": "measured", "method": "hand-made for tests", "data": [],
-                   "created": "2026-11-27", "tool": "tests"},
-        "hardware": {"gpu": "Test GPU", "tensor_parallel": 1, "memory_bytes_per_gpu": 1_000_000,
-                     "peak_bf16_flops_per_gpu": 1e12, "hbm_bandwidth_bytes_per_s": 1e9,
-                     "effective_bandwidth_bytes_per_s": 8e8, "notes": ""},
-        "model": {"name": "tiny", "num_layers": 2, "hidden_size": 64, "num_heads": 4,
-                  "num_kv_heads": 2, "head_dim": 16, "intermediate_size": 128,
-                  "vocab_size": 1000, "params": 50_000, "dtype": "bfloat16",
-                  "max_position": 4096},
-        "kv_cache": {"dtype": "bfloat16", "kv_bytes_per_token_per_gpu": 256, "block_size": 16,
-                     "gpu_memory_utilization": 0.9, "total_bytes_per_gpu": 1_000_000,
-                     "weights_bytes_per_gpu": 100_000, "peak_activation_bytes_per_gpu": 50_000,
-                     "non_torch_bytes_per_gpu": 50_000, "capacity_tokens": 2720,
-                     "method": "hand-made"},
-        "step_model": {
-            "units": "ms",
-            "lin": {"x_tokens": [1, 4, 8], "y_ms": [1.0, 1.0, 2.0],
-                    "extrapolation": {**ext, "slope_ms_per_token": 0.25}},
-            "comm": None,
-            "head": {"x_seqs": [1, 2], "y_ms": [0.1, 0.2],
-                     "extrapolation": {"kind": "linear", "slope_ms_per_seq": 0.1,
-                                       "max_factor": 4.0}},
-            "attn_decode": {"features": ["const", "batch", "sum_ctx"],
-                            "coef": [0.5, 0.01, 0.001]},
-            "attn_prefill": {"features": ["per_chunk", "chunk_tokens", "attn_pairs"],
-                             "coef": [0.2, 0.002, 0.0001]},
-            "mixed_factor": 1.5, "cpu_overhead_ms": 0.3,
-        },
-        "fit_quality": {}, "checks": {},
-    }
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from sim.policy.power_of_two import PowerOfTwo
 from sim.scenario import apply_override, read_raw
 from sim.spec import format_validation_error
 
-from conftest import REPO, scenario_dict, write_scenario
+from conftest import REPO, expect_error, scenario_dict, write_scenario
 
 DELETE = object()  # marks a key to remove in ``changed``
 PROFILE = REPO / "profiles" / "a100" / "llama-3-8b.json"
@@ -53,16 +53,6 @@ def validate(*paths: Path) -> Result:
     return CliRunner().invoke(main, ["validate", *map(str, paths)])
 
 
-def expect_error(result: Result, *needles: str) -> str:
-    """Assert exit code 2 and one stderr line containing every needle; return the line."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("simlb: error: ")
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0]
-    return lines[0]
 
 
 def profile_node(profile: str, **batcher: int) -> dict[str, Any]:

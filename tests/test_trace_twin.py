@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -42,26 +41,14 @@ P50_TOLERANCE = 0.10
 FIXTURE_FACTOR = 2.0
 
 
-def flat(stats: Any) -> dict[str, float]:
-    """The statistics as a flat dict ``{"prompt_tokens.p50": ...}`` (no counts of nodes)."""
-    out: dict[str, float] = {}
-    for key, value in stats.to_dict().items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items()
-                        if k not in ("nodes", "seeds", "block_tokens")})
-        elif value is not None:
-            out[key] = value
-    return out
-
-
 def twin_figures(w: Workload, seeds: int = 3) -> tuple[dict[str, float], dict[str, float]]:
     """The trace's statistics and the mean of its twin's over ``seeds`` draws."""
     block = fit_twin(w)
     spec = WorkloadSpec.model_validate(block)
     check_workload_spec(spec)
-    draws = [flat(trace_stats(build_workload(spec, float(w.arrival_s[-1]), seed)))
+    draws = [trace_stats(build_workload(spec, float(w.arrival_s[-1]), seed)).flat()
              for seed in range(seeds)]
-    return flat(trace_stats(w)), {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
+    return trace_stats(w).flat(), {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
 
 
 def check_close(trace: dict[str, float], twin: dict[str, float], factor: float = 1.0,

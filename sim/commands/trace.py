@@ -192,19 +192,8 @@ def fit(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str | 
     click.echo(f"twin: {output}")
 
 
-def _flat(stats: Any) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in stats.to_dict().items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items()
-                        if k not in ("nodes", "seeds", "block_tokens")})
-        elif value is not None:
-            out[key] = value
-    return out
-
-
 def _comparison_rows(original: Any, twin: Any) -> list[tuple[str, float, float]]:
-    a, b = _flat(original), _flat(twin)
+    a, b = original.flat(), twin.flat()
     return [(k, float(a[k]), float(b.get(k, math.nan))) for k in a]
 
 

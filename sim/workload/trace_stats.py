@@ -79,6 +79,20 @@ class TraceStats:
         """Plain dict (``nan`` kept as float('nan'))."""
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict[str, float]:
+        """The figures as one flat dict (``{"prompt_tokens.p50": ...}``), parameters left out.
+
+        Used to compare a trace with its synthetic twin figure by figure.
+        """
+        out: dict[str, float] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()
+                            if k not in ("nodes", "seeds", "block_tokens")})
+            elif value is not None:
+                out[key] = value
+        return out
+
 
 def _label(window_s: float) -> str:
     return f"{window_s:g}s"
