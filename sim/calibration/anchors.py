@@ -67,3 +67,21 @@ ANCHORS: dict[str, list[tuple[str, Any, str]]] = {
 def anchor_key(gpu: str, model: str, tensor_parallel: int = 1) -> str:
     """The ``ANCHORS`` key of a GPU kind, model name and tensor-parallel degree."""
     return f"{gpu}/{model}" + (f"-tp{tensor_parallel}" if tensor_parallel > 1 else "")
+
+
+def compare_with_anchors(key: str, figs: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per anchor of profile ``key`` that ``figs`` has: the relative error in % (3
+    significant digits), or for a range whether the figure lies inside it."""
+    out = []
+    for quantity, expected, source in ANCHORS.get(key, []):
+        got = figs.get(quantity)
+        if got is None:
+            continue
+        row: dict[str, Any] = {"quantity": quantity, "expected": expected, "got": got,
+                               "source": source}
+        if isinstance(expected, list):
+            row["in_range"] = bool(expected[0] <= got <= expected[1])
+        else:
+            row["rel_err_pct"] = float(f"{(got / expected - 1.0) * 100.0:.3g}")
+        out.append(row)
+    return out

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from sim.calibration import vidur
-from sim.calibration.anchors import ANCHORS
+from sim.calibration.anchors import compare_with_anchors
 from sim.calibration.vidur import sig
 from sim.model.cost import ProfileCostModel
 from sim.model.profile import SCHEMA_ID, Profile, parse_profile, vllm_kv_blocks, write_profile
@@ -364,7 +364,7 @@ def build(d: Deriver, t: Target) -> dict[str, Any]:
         "fit_quality": quality, "checks": {},
     }
     figs = key_figures(parse_profile(data, source=t.name))
-    data["checks"] = {"key_figures": figs, "anchors": anchor_checks(t.name, figs)}
+    data["checks"] = {"key_figures": figs, "anchors": compare_with_anchors(t.name, figs)}
     return data
 def key_figures(profile: Profile) -> dict[str, float]:
     """Headline numbers of a profile (ms unless named otherwise)."""
@@ -384,20 +384,6 @@ def key_figures(profile: Profile) -> dict[str, float]:
         figs["comm_ms@1"] = sm.comm.at(1)
         figs["comm_ms@2048"] = sm.comm.at(2048)
     return {k: sig(v, 5) if isinstance(v, float) else v for k, v in figs.items()}
-
-
-def anchor_checks(name: str, figs: dict[str, float]) -> list[dict[str, Any]]:
-    """Compare key figures with the anchors: relative error, or whether inside a range."""
-    out = []
-    for key, expected, src in ANCHORS.get(name, []):
-        got = figs[key]
-        row: dict[str, Any] = {"quantity": key, "expected": expected, "got": got, "source": src}
-        if isinstance(expected, list):
-            row["in_range"] = bool(expected[0] <= got <= expected[1])
-        else:
-            row["rel_err_pct"] = sig((got / expected - 1.0) * 100.0, 3)
-        out.append(row)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.calibration.anchors import ANCHORS, anchor_key
+from sim.calibration.anchors import anchor_key, compare_with_anchors
 from sim.calibration.vidur import sig
 from sim.model.profile import Profile
 from sim.profile import fit
@@ -45,20 +45,9 @@ def anchor_checks(data: dict[str, Any]) -> list[dict[str, Any]]:
     """Key figures of a profile dict against ``ANCHORS`` for its GPU and model."""
     figs = data.get("checks", {}).get("key_figures") or fit.key_figures(
         data["step_model"], data["kv_cache"]["capacity_tokens"])
-    out = []
-    key_name = anchor_key(gpu_key(data["hardware"]["gpu"]), data["model"]["name"],
-                          int(data["hardware"].get("tensor_parallel", 1)))
-    for key, expected, src in ANCHORS.get(key_name, []):
-        got = figs.get(key)
-        if got is None:
-            continue
-        row: dict[str, Any] = {"quantity": key, "expected": expected, "got": got, "source": src}
-        if isinstance(expected, list):
-            row["in_range"] = bool(expected[0] <= got <= expected[1])
-        else:
-            row["rel_err_pct"] = sig((got / expected - 1.0) * 100.0, 3)
-        out.append(row)
-    return out
+    key = anchor_key(gpu_key(data["hardware"]["gpu"]), data["model"]["name"],
+                     int(data["hardware"].get("tensor_parallel", 1)))
+    return compare_with_anchors(key, figs)
 
 
 def heldout_check(data: dict[str, Any]) -> dict[str, Any] | None:

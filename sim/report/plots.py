@@ -185,15 +185,10 @@ def kv_and_queue(kv: pd.DataFrame, queue: pd.DataFrame, strategies: Sequence[str
     """Mean KV-cache occupancy (%) and total waiting requests over time, per strategy."""
     fig = Figure(figsize=(10, 6), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
-    _lines(top, kv.assign(value=kv["value"] * 100.0), colours, strategies)
-    _lines(bottom, queue, colours, strategies)
-    end = float(max(kv["t_s"].max(), queue["t_s"].max())) if len(kv) else window[1]
-    for ax in (top, bottom):
-        _shade_window(ax, window, end)
-        ax.set_ylim(bottom=0)
-    _style(top, "", "KV occupancy (% of blocks,\nmean over nodes)", "KV cache occupancy")
-    _style(bottom, "time (s)", "waiting requests\n(sum over nodes)", "Queue length")
-    _side_legend(fig, top)
+    _time_panels(fig, (top, bottom), (kv.assign(value=kv["value"] * 100.0), queue), colours,
+                 strategies, window,
+                 (("KV occupancy (% of blocks,\nmean over nodes)", "KV cache occupancy"),
+                  ("waiting requests\n(sum over nodes)", "Queue length")))
     return fig
 
 
@@ -205,16 +200,27 @@ def throughput_over_time(completed: pd.DataFrame, tokens: pd.DataFrame,
     top, bottom = fig.subplots(2, 1, sharex=True)
     top.plot(offered["t_s"], offered["value"], color="0.55", linestyle="--", linewidth=1.4,
              label="offered (arrivals)", drawstyle="steps-post")
-    _lines(top, completed, colours, strategies)
-    _lines(bottom, tokens, colours, strategies)
-    end = float(max(completed["t_s"].max(), tokens["t_s"].max())) if len(tokens) else window[1]
-    for ax in (top, bottom):
+    _time_panels(fig, (top, bottom), (completed, tokens), colours, strategies, window,
+                 (("requests / s", "Completed requests per second"),
+                  ("output tokens / s\n(sum over nodes)", "Output token throughput")))
+    return fig
+
+
+def _time_panels(fig: Figure, axes: tuple[Axes, Axes],
+                 frames: tuple[pd.DataFrame, pd.DataFrame], colours: Mapping[str, str],
+                 strategies: Sequence[str], window: Window,
+                 labels: tuple[tuple[str, str], tuple[str, str]]) -> None:
+    """Two stacked time series sharing the x axis: one line per strategy in each panel, the
+    warm-up and drain shaded, y from zero; ``labels`` are each panel's (y label, title)."""
+    ends = [float(f["t_s"].max()) for f in frames if len(f)]
+    end = max(ends) if ends else window[1]
+    for ax, frame, (ylabel, title), xlabel in zip(axes, frames, labels, ("", "time (s)"),
+                                                   strict=True):
+        _lines(ax, frame, colours, strategies)
         _shade_window(ax, window, end)
         ax.set_ylim(bottom=0)
-    _style(top, "", "requests / s", "Completed requests per second")
-    _style(bottom, "time (s)", "output tokens / s\n(sum over nodes)", "Output token throughput")
-    _side_legend(fig, top)
-    return fig
+        _style(ax, xlabel, ylabel, title)
+    _side_legend(fig, axes[0])
 
 
 def headline_bars(panels: Mapping[str, Mapping[str, Estimate]], colours: Mapping[str, str],
