@@ -69,7 +69,7 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
     cluster = Cluster(env, resolved.node_specs, table, recorder, sc.cluster.fast_forward,
                       resolved.slowdowns)
     router = _router(resolved, choice, env, cluster, table, seed)
-    env.process(router.run())
+    router.start()
     horizon = sc.duration_s + sc.drain_timeout_s
     if progress is not None:
         env.process(_ticker(env, router, horizon, progress))

@@ -193,7 +193,7 @@ def run_direct(fast_forward: bool, seed: int = 3) -> tuple[RequestTable, list]:
                                        node.node_id)
     rr = strategies.get("round_robin")
     router = Router(env, cluster, table, [rr(rr.Params(), rng)], 0.0)
-    env.process(router.run())
+    router.start()
     env.run(until=router.drained)
     return table, [node.batcher for node in cluster.nodes]
 

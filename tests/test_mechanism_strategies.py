@@ -88,7 +88,7 @@ def run_models(strategy: Strategy, specs: list[NodeSpec], n: int = 600):
     table = RequestTable(wl)
     cluster = Cluster(env, specs, table, Recorder(len(specs), (0, 1e9)))
     router = Router(env, cluster, table, [strategy], 0.0)
-    env.process(router.run())
+    router.start()
     env.run(until=router.drained)
     return table, models
 

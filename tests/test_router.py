@@ -41,7 +41,7 @@ def simulate(strategies, wl, n_nodes=2, slowdowns=None, admission=None, mirror_d
         mirror = KvEventMirror(cluster.nodes, table, mirror_delay, lambda: env.now)
     router = Router(env, cluster, table, strategies, 0.0, admission,
                     None if mirror is None else mirror.cached_prefix_blocks)
-    env.process(router.run())
+    router.start()
     env.run(until=router.drained)
     return table, router
 

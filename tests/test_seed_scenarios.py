@@ -37,7 +37,7 @@ def run_router(strategy: Strategy, n: int = 400, n_nodes: int = 3) -> RequestTab
     table = RequestTable(wl)
     cluster = Cluster(env, [spec] * n_nodes, table, Recorder(n_nodes, (0, 1e9)))
     router = Router(env, cluster, table, [strategy], 0.0)
-    env.process(router.run())
+    router.start()
     env.run(until=router.drained)
     return table
 

@@ -353,7 +353,7 @@ class ContinuousBatcher:
         del self._computed[rid]
         if generated == table.output_tokens[rid]:
             return self._finish(rid, seq, now, held)
-        self._join_decode(rid, seq, held)
+        self._join_decode(rid, seq)
         return None
 
     def _publish(self, rid: int, computed: int) -> None:
@@ -362,12 +362,12 @@ class ContinuousBatcher:
         if spans:
             self.kv.publish(self._holding[rid], spans, computed // self.kv.block_size)
 
-    def _join_decode(self, rid: int, kv_tokens: int, held: int) -> None:
-        # held == blocks_for(kv_tokens) by construction; kept for the assertion
-        assert held == self.kv.blocks_for(kv_tokens), (held, kv_tokens)
+    def _join_decode(self, rid: int, kv_tokens: int) -> None:
+        # the request holds blocks_for(kv_tokens) blocks (check_invariants verifies it)
         self._meta[rid][6] = kv_tokens
-        generated = kv_tokens - self.table.prompt_tokens[rid] + 1
-        self._dec.join(rid, kv_tokens, self.it, self.table.output_tokens[rid] - generated)
+        table = self.table
+        generated = kv_tokens - table.prompt_tokens[rid] + 1
+        self._dec.join(rid, kv_tokens, self.it, table.output_tokens[rid] - generated)
 
     def _leave_decode(self, rid: int) -> int:
         """Remove a request from the decode set; return its KV token count."""
@@ -387,8 +387,10 @@ class ContinuousBatcher:
         kv = self.kv
         if held is None:
             held = kv.blocks_for(kv_tokens)
-        holding = self._holding.pop(rid, [])
-        private = held - sum(n for _, n in holding)
+        holding = self._holding.pop(rid, ())
+        private = held
+        for _, n in holding:
+            private -= n
         if kv.prefix_caching:
             table = self.table
             if preempted:
@@ -400,7 +402,8 @@ class ContinuousBatcher:
             if spans:
                 private -= kv.publish(holding, spans, kv_tokens // kv.block_size, ref=0)
         kv.free(private)
-        kv.release(holding)
+        if holding:
+            kv.release(holding)
 
     def _finish(self, rid: int, kv_tokens: int, now: float, held: int | None = None) -> Outcome:
         self._release(rid, kv_tokens, held)

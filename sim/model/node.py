@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from heapq import heappush
 
 import simpy
 from simpy.events import Timeout
@@ -50,7 +51,8 @@ class LateTimeout(Timeout):
         self._value = None
         self._delay = delay
         self._ok = True
-        env.schedule(self, LATE, delay)
+        # env.schedule(self, LATE, delay), inlined: one of these per iteration or run
+        heappush(env._queue, (env._now + delay, LATE, next(env._eid), self))
 
 
 class GpuNode:

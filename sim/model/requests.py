@@ -117,17 +117,23 @@ class RequestTable:
 
     def _spans(self, rid: int, bs: int, n_tokens: int, own: bool) -> list[tuple[int, int]]:
         keys, lens = self._seg_key, self._seg_len
-        segments = [(keys[s], lens[s]) for s in range(self._seg_ptr[rid], self._seg_ptr[rid + 1])]
-        segments.append((self._output_key[rid], self.output_tokens[rid]))
         spans = []
         start = 0
-        for key, length in segments:
+        last = self._seg_ptr[rid + 1]
+        for s in range(self._seg_ptr[rid], last + 1):
+            # the prompt's segments, then the output as one more segment
+            if s < last:
+                key, length = keys[s], lens[s]
+            else:
+                key, length = self._output_key[rid], self.output_tokens[rid]
             if key < 0:
                 if not own:
                     break
                 # everything from here on is this request's own content: one private segment
                 key, length = MAX_SEGMENT_KEY + rid, n_tokens - start
-            end = min(start + length, n_tokens)
+            end = start + length
+            if end > n_tokens:
+                end = n_tokens
             blocks = end // bs - start // bs
             if blocks > 0:
                 spans.append((key, blocks))

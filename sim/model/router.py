@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import simpy
+from simpy.events import Timeout
 
 from sim.errors import SimulationError
 from sim.model.cluster import Cluster
@@ -66,6 +67,9 @@ class Replica:
         self.hedges = cls.hedge_after_s is not Strategy.hedge_after_s
         self.retries = cls.retry_after_s is not Strategy.retry_after_s
         self.watches_first_token = cls.on_first_token is not Strategy.on_first_token
+        # hooks the strategy leaves as no-ops are not called
+        self.watches_dispatch = cls.on_dispatch is not Strategy.on_dispatch
+        self.watches_finish = cls.on_finish is not Strategy.on_finish
 
     def view(self, now: float, accepting: tuple[bool, ...]) -> ClusterView:
         """The snapshot the strategy decides on."""
@@ -124,12 +128,15 @@ class Router:
         self.outstanding = 0
         self.dispatched = 0
         self.arrivals_done = False
+        self._next_arrival = 0
         self.drained = env.event()
         #: live attempts (node ids) of requests with hedge or retry timers
         self._attempts: dict[int, set[int]] = {}
         self._final: set[int] = set()
         self._origin: list[int] | None = None if len(strategies) == 1 else [0] * table.n
         cluster.on_done = self.on_done
+        for node in cluster.nodes:
+            node.on_done = self.on_done  # directly, without the cluster's forwarding call
         if any(r.watches_first_token for r in self.replicas):
             for node in cluster.nodes:
                 node.on_first_token = self._first_token
@@ -139,23 +146,37 @@ class Router:
 
     # -- arrivals -------------------------------------------------------------------------------
 
-    def run(self) -> Generator[simpy.Event, None, None]:
-        """The arrival process: one pending timeout at a time, never a process per request."""
-        env = self.env
-        replicas = self.replicas
-        n_rep = len(replicas)
-        for rid, t in enumerate(self.table.arrival_s):
-            delay = t - env.now
-            if delay > 0:
-                yield env.timeout(delay)
+    def start(self) -> None:
+        """Stream the arrivals: one pending timeout at a time (a callback chain, cheaper than a
+        SimPy process), never an event or a process per request."""
+        self._next_arrival = 0
+        if self.table.n:
+            Timeout(self.env, self.table.arrival_s[0]).callbacks.append(self._arrive)
+        else:
+            self.arrivals_done = True
+            self._check_drained()
+
+    def _arrive(self, _event: simpy.Event) -> None:
+        """Dispatch every request that arrives now; wait for the next arrival time."""
+        env, table = self.env, self.table
+        arrival_s = table.arrival_s
+        now = env.now
+        rid = self._next_arrival
+        n_rep = len(self.replicas)
+        while rid < table.n and arrival_s[rid] <= now:
             if n_rep == 1:
-                self._dispatch(replicas[0], rid)
+                self._dispatch(self.replicas[0], rid)
             else:
                 assert self._origin is not None
                 self._origin[rid] = rid % n_rep
-                self._dispatch(replicas[rid % n_rep], rid)
-        self.arrivals_done = True
-        self._check_drained()
+                self._dispatch(self.replicas[rid % n_rep], rid)
+            rid += 1
+        self._next_arrival = rid
+        if rid < table.n:
+            Timeout(env, arrival_s[rid] - now).callbacks.append(self._arrive)
+        else:
+            self.arrivals_done = True
+            self._check_drained()
 
     def _info(self, rid: int) -> RequestInfo:
         t = self.table
@@ -186,8 +207,11 @@ class Router:
             return
         strategy = replica.strategy
         node = strategy.choose(info, view)
-        self._check_node(strategy, node, view)
-        strategy.on_dispatch(info, node, now)
+        if type(node) is not int or not (0 <= node < len(view.accepting)
+                                         and view.accepting[node]):
+            self._check_node(strategy, node, view)
+        if replica.watches_dispatch:
+            strategy.on_dispatch(info, node, now)
         if replica.hedges or replica.retries:
             self._arm_timers(replica, info, view, node)
         replica.send(rid, node)
@@ -200,7 +224,7 @@ class Router:
 
     @staticmethod
     def _check_node(strategy: Strategy, node: object, view: ClusterView) -> None:
-        if not (isinstance(node, int | np.integer) and 0 <= node < len(view.accepting)
+        if not (isinstance(node, (int, np.integer)) and 0 <= node < len(view.accepting)
                 and view.accepting[node]):
             raise SimulationError(f"strategy '{strategy.registered_name}' chose {node!r}, "
                                   f"not an accepting node id")
@@ -218,7 +242,8 @@ class Router:
         attempts = self._attempts.get(rid)
         if attempts is None:
             self.table.record(outcome)
-            replica.strategy.on_finish(outcome)
+            if replica.watches_finish:
+                replica.strategy.on_finish(outcome)
             self.outstanding -= 1
             self._check_drained()
             return
