@@ -256,12 +256,44 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    PyYAML keeps the last of duplicate keys silently, so a scenario with two ``router:``
+    blocks would run with one of them ignored; YAML itself requires keys to be unique. Keys
+    brought in by a merge key (``<<: *anchor``) may still be overridden.
+    """
+
+
+def _unique_key_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode,
+                        deep: bool = False) -> dict[Any, Any]:
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            seen = first_line.get(key)
+        except TypeError:  # an unhashable key; construct_mapping reports it
+            continue
+        if seen is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first given on line {seen}); expected "
+                            f"each key once per mapping", key_node.start_mark)
+        first_line[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _unique_key_mapping)
+
+
 def read_raw(path: Path) -> dict[str, Any]:
     """Read a scenario file's YAML tree, with one-line errors naming the file.
 
     Raises:
         ScenarioError: the file is missing, unreadable, not UTF-8, not YAML (with line and
-            column), or not a mapping at the top level.
+            column), has a key twice in one mapping, or is not a mapping at the top level.
     """
     source = str(path)
     try:
@@ -278,7 +310,7 @@ def read_raw(path: Path) -> dict[str, Any]:
         raise ScenarioError(f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
                             f"{exc.start}); expected a YAML file", source=source) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ScenarioError(_yaml_problem(exc), source=source) from None
     if not isinstance(raw, dict):

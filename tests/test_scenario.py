@@ -93,6 +93,28 @@ def test_malformed_yaml_names_line_and_column(tmp_path: Path) -> None:
     expect_error(validate(path), str(path), "line 3, column 5", "invalid YAML", "expected")
 
 
+def test_duplicate_key_is_refused(tmp_path: Path) -> None:
+    """A key given twice (PyYAML would keep the last silently) names both lines."""
+    path = tmp_path / "s.yaml"
+    text = (REPO / "scenarios" / "smoke.yaml").read_text(encoding="utf-8")
+    lines = text.count("\n")
+    path.write_text(text + "seed: 99\n", encoding="utf-8")
+    expect_error(validate(path), str(path), f"line {lines + 1}, column 1",
+                 "duplicate key 'seed' (first given on line", "expected each key once")
+
+
+def test_nested_duplicate_key_is_refused_but_merge_keys_may_be_overridden(
+        tmp_path: Path) -> None:
+    """Duplicates inside a nested mapping are refused; ``<<: *anchor`` entries are not
+    duplicates."""
+    path = tmp_path / "s.yaml"
+    path.write_text("schema_version: 1\nslo: {ttft_s: 1, ttft_s: 2}\n", encoding="utf-8")
+    expect_error(validate(path), str(path), "line 2, column 18", "duplicate key 'ttft_s'")
+    from sim.scenario import read_raw
+    path.write_text("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  y: 3\n", encoding="utf-8")
+    assert read_raw(path)["other"] == {"x": 1, "y": 3}
+
+
 @pytest.mark.parametrize(("text", "got"), [("- 1\n- 2\n", "got a list"),
                                            ("just text\n", "got a str"),
                                            ("", "got an empty file")])
