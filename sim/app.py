@@ -15,6 +15,7 @@ from sim.errors import ScenarioError
 from sim.results import check_writable, run_dir, write_run
 from sim.runner import Progress, RunResult, simulate, workload_for
 from sim.scenario import apply_override, parse_scenario, read_raw
+from sim.workload.base import Workload
 
 #: (label, replication) -> progress callback, or None
 ProgressFactory = Callable[[str, int], Progress | None]
@@ -43,31 +44,54 @@ def load(path: Path, overrides: Sequence[str] = (), *, seed: int | None = None,
 
 
 def run_all(resolved: ResolvedScenario, out: Path, *, force: bool = False,
-            progress: ProgressFactory | None = None) -> list[RunResult]:
+            progress: ProgressFactory | None = None, jobs: int = 1) -> list[RunResult]:
     """Run every chosen strategy on every replication and write the result directories.
 
     Existing directories are refused before anything runs unless ``force``; each directory
-    appears atomically when its run has finished.
+    appears atomically when its run has finished. ``jobs`` > 1 runs that many simulations at
+    once in worker processes (``sim.pool``); the results are the same, in the same order.
     """
     sc = resolved.scenario
     reps = range(sc.replications)
     targets = [run_dir(out, sc.name, c.label, sc.seed + k)
                for k in reps for c in resolved.strategies]
     check_writable(targets, force)
+    if jobs > 1 and len(targets) > 1:
+        from sim.pool import run_in_pool
+
+        tasks = [(k, i) for k in reps for i in range(len(resolved.strategies))]
+        return run_in_pool(resolved, tasks, out, force, progress, jobs)
     results = []
     for k in reps:
-        try:
-            workload = workload_for(resolved, k)
-        except ScenarioError as exc:  # e.g. a trace record that only a full read finds
-            if exc.source is not None:
-                raise
-            raise ScenarioError(exc.detail, source=resolved.source, field=exc.field) from None
+        workload = replication_workload(resolved, k)
         for choice in resolved.strategies:
             cb = progress(choice.label, k) if progress else None
             result = simulate(resolved, choice, k, workload, cb)
             _write(resolved, result, out, force)
             results.append(result)
     return results
+
+
+def run_one(resolved: ResolvedScenario, choice_index: int, replication: int, out: Path,
+            force: bool, progress: Progress | None = None) -> RunResult:
+    """Generate one replication's workload, simulate one strategy on it and write the result
+    directory (what a worker process of ``run_all`` does)."""
+    workload = replication_workload(resolved, replication)
+    choice = resolved.strategies[choice_index]
+    result = simulate(resolved, choice, replication, workload, progress)
+    _write(resolved, result, out, force)
+    return result
+
+
+def replication_workload(resolved: ResolvedScenario, replication: int) -> Workload:
+    """``workload_for`` with errors found only now (a bad trace record deep in the file)
+    naming the scenario when they do not name a file of their own."""
+    try:
+        return workload_for(resolved, replication)
+    except ScenarioError as exc:
+        if exc.source is not None:
+            raise
+        raise ScenarioError(exc.detail, source=resolved.source, field=exc.field) from None
 
 
 def _write(resolved: ResolvedScenario, result: RunResult, out: Path, force: bool) -> None:

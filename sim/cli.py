@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -104,10 +105,13 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
 @click.option("--report", "with_report", is_flag=True,
               help="Also write the HTML report of these runs (see simlb report).")
+@click.option("--jobs", "-j", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Simulations to run at once, in worker processes (0: one per CPU core). "
+                   "Results are the same; memory grows with each.")
 @_handle_errors
 def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
         replications: int | None, overrides: tuple[str, ...], out: Path, force: bool,
-        quiet: bool, as_json: bool, with_report: bool) -> None:
+        quiet: bool, as_json: bool, with_report: bool, jobs: int) -> None:
     """Simulate SCENARIO once per strategy and replication, and compare them."""
     from rich.console import Console
 
@@ -119,7 +123,8 @@ def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
                         strategies=strategies)
     console = Console(stderr=True)
     with progress_bars(console, enabled=not quiet and not as_json) as factory:
-        results = app.run_all(resolved, out, force=force, progress=factory)  # type: ignore[arg-type]
+        results = app.run_all(resolved, out, force=force, progress=factory,  # type: ignore[arg-type]
+                              jobs=jobs or (os.cpu_count() or 1))
     report_path = None
     if with_report:
         from sim.report import build_report

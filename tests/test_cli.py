@@ -270,3 +270,50 @@ def test_run_with_report_writes_the_html_report(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "test" / "report" / "index.html").is_file()
     assert "report:" in result.output
+
+
+# --- parallel runs (--jobs) -------------------------------------------------------------------
+
+def test_jobs_give_the_same_results_as_one_run_at_a_time(tmp_path: Path) -> None:
+    """``--jobs 2`` (worker processes) writes the same summaries, request records and table
+    as running one simulation at a time."""
+    raw = tiny(router={"strategies": [{"name": "round_robin"}, {"name": "jsq"},
+                                      {"name": "power_of_two"}]})
+    path = write_scenario(tmp_path, raw)
+    serial = run(path, tmp_path / "a", "--replications", 2)
+    parallel = run(path, tmp_path / "b", "--replications", 2, "--jobs", 2)
+    assert serial.exit_code == 0, serial.output
+    assert parallel.exit_code == 0, parallel.output
+    a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
+    assert sorted(a) == sorted(b)
+    assert len([f for f in a if f.endswith("summary.json")]) == 6
+    for name in a:
+        if name.endswith(("summary.json", "scenario.resolved.yaml")):
+            assert a[name] == b[name], name
+    import pyarrow.parquet as pq
+    for name in (n for n in a if n.endswith("requests.parquet")):
+        assert pq.read_table(tmp_path / "a" / name).equals(pq.read_table(tmp_path / "b" / name))
+    table_lines = [line for line in serial.stdout.splitlines() if "│" in line]
+    assert table_lines == [line for line in parallel.stdout.splitlines() if "│" in line]
+
+
+def test_a_failing_run_in_a_worker_is_one_line_and_leaves_no_half_result(
+        tmp_path: Path) -> None:
+    """An input error that only the run finds (a bad trace record deep in the file) stops
+    ``--jobs`` runs with the usual one-line message and exit code 2."""
+    rows = [f"{i * 0.01},10,5" for i in range(300)] + ["3.0,oops,5"]
+    trace = tmp_path / "v.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n" + "\n".join(rows)
+                     + "\n", encoding="utf-8")
+    raw = tiny(workload={"trace": {"format": "vidur", "path": str(trace)}},
+               router={"strategies": [{"name": "round_robin"}, {"name": "jsq"}]})
+    result = run(write_scenario(tmp_path, raw), tmp_path / "out", "--jobs", 2)
+    expect_error(result, str(trace), "line 302, column 'num_prefill_tokens'")
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_negative_jobs_is_a_usage_error(tmp_path: Path) -> None:
+    """``--jobs -1`` is refused on one line before anything runs."""
+    result = run(write_scenario(tmp_path, tiny()), tmp_path / "out", "--jobs", -1)
+    expect_error(result, "--jobs", "-1")
+    assert not (tmp_path / "out").exists()

@@ -52,6 +52,7 @@ per-GPU block count is the node's block count; the node's memory is the sum over
 from __future__ import annotations
 
 import bisect
+import copyreg
 import json
 import math
 import os
@@ -63,6 +64,15 @@ from types import MappingProxyType
 from typing import Any
 
 from sim.errors import ProfileError
+
+
+def _read_only(mapping: dict[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(mapping)
+
+
+# Profiles travel to the worker processes of ``simlb run --jobs``; their read-only mappings
+# pickle as the dicts they wrap.
+copyreg.pickle(MappingProxyType, lambda m: (_read_only, (dict(m),)))
 
 SCHEMA_ID = "simlb.profile/v1"
 #: Environment variable that overrides the folder of shipped profiles.
