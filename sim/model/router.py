@@ -1,4 +1,4 @@
-"""The router: a SimPy process that dispatches each arrival to the node a strategy picks.
+"""The router: streams the arrivals and dispatches each to the node a strategy picks.
 
 Router-local counters (requests and estimated tokens in flight per node) change at every
 dispatch and completion, so they are always fresh. Node telemetry is sampled on a clock of
