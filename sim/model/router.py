@@ -36,6 +36,8 @@ from sim.model.requests import CANCELLED, REJECTED, Outcome, RequestTable
 from sim.policy.admission import Admission
 from sim.policy.base import ClusterView, RequestInfo, Strategy, Telemetry
 
+_new_tuple = tuple.__new__  # builds a named tuple from a full tuple of its fields
+
 
 @dataclass
 class RouterStats:
@@ -80,10 +82,11 @@ class Replica:
             interval = router.telemetry_interval_s
             self._next_sample_s = (math.floor(now / interval) + 1) * interval if interval else now
         assert self._telemetry is not None
-        return ClusterView(now, router.cluster.infos, accepting, tuple(self.inflight_requests),
-                           tuple(self.inflight_tokens), self._telemetry,
-                           router.table.prompt_block_ids, tuple(self.dispatched_since_sample),
-                           router.cached_prefix_blocks)
+        # ClusterView(...) without its Python-level __new__: one of these per request
+        return _new_tuple(ClusterView, (
+            now, router.cluster.infos, accepting, tuple(self.inflight_requests),
+            tuple(self.inflight_tokens), self._telemetry, router.table.prompt_block_ids,
+            tuple(self.dispatched_since_sample), router.cached_prefix_blocks))
 
     def send(self, rid: int, node: int) -> None:
         """Dispatch one attempt of ``rid`` to ``node``."""
@@ -93,7 +96,7 @@ class Replica:
         self.inflight_tokens[node] += tokens
         self.dispatched_since_sample[node] += tokens
         router.table.node[rid] = node
-        router.cluster.nodes[node].submit(rid)
+        router.nodes[node].submit(rid)
 
     def release(self, rid: int, node: int) -> None:
         """An attempt left ``node``."""
@@ -110,6 +113,7 @@ class Router:
                  cached_prefix_blocks: Callable[[int, int], int] | None = None):
         self.env = env
         self.cluster = cluster
+        self.nodes = cluster.nodes
         self.table = table
         self.telemetry_interval_s = telemetry_interval_s
         self.admission = admission
@@ -180,9 +184,9 @@ class Router:
 
     def _info(self, rid: int) -> RequestInfo:
         t = self.table
-        return RequestInfo(rid, t.arrival_s[rid], t.prompt_tokens[rid], t.max_output_tokens[rid],
-                           t.session_id[rid], t.prefix_group[rid], t.model[rid],
-                           t.sheddable[rid])
+        return _new_tuple(RequestInfo, (rid, t.arrival_s[rid], t.prompt_tokens[rid],
+                                        t.max_output_tokens[rid], t.session_id[rid],
+                                        t.prefix_group[rid], t.model[rid], t.sheddable[rid]))
 
     def _accepting(self, info: RequestInfo) -> tuple[bool, ...]:
         if not info.model:
@@ -198,7 +202,7 @@ class Router:
     def _dispatch(self, replica: Replica, rid: int) -> None:
         now = self.env.now
         info = self._info(rid)
-        view = replica.view(now, self._accepting(info))
+        view = replica.view(now, self._accepting(info) if info.model else self._accepting_all)
         self.outstanding += 1
         self.dispatched += 1
         if self.admission is not None and not self.admission.admit(info, view):
