@@ -28,6 +28,7 @@ import numpy as np
 
 from sim.outcome import Outcome
 from sim.registry import Registry
+from sim.rng import UniformDraws
 from sim.spec import ComponentSpec, StrictModel, build_params
 
 
@@ -140,6 +141,8 @@ class Strategy(abc.ABC):
     def __init__(self, params: StrategyParams, rng: np.random.Generator) -> None:
         self.params = params
         self.rng = rng
+        #: uniform numbers from ``rng`` in blocks, for draws made once per decision
+        self.draws = UniformDraws(rng)
 
     @abc.abstractmethod
     def choose(self, request: RequestInfo, view: ClusterView) -> int:
@@ -221,10 +224,10 @@ strategies: Registry[type[Strategy]] = Registry("strategy")
 
 
 def argmin_random_tie(values: tuple[int, ...] | list[float], candidates: list[int],
-                      rng: np.random.Generator) -> int:
-    """The candidate with the smallest value; ties broken uniformly with ``rng``."""
+                      draws: UniformDraws) -> int:
+    """The candidate with the smallest value; ties broken uniformly with ``draws``."""
     best = min(values[i] for i in candidates)
     ties = [i for i in candidates if values[i] == best]
     if len(ties) == 1:
         return ties[0]
-    return ties[int(rng.integers(len(ties)))]
+    return ties[draws.index(len(ties))]

@@ -85,7 +85,7 @@ class CacheLocality(Strategy):
         ids = view.accepting_ids()
         key = self.prefix_key(request, view)
         if key is None:
-            return argmin_random_tie(view.inflight_requests, ids, self.rng)
+            return argmin_random_tie(view.inflight_requests, ids, self.draws)
         p = self.params
         node = self.owner.get(key)
         if node is not None and view.accepting[node]:
@@ -93,7 +93,7 @@ class CacheLocality(Strategy):
                 self.owner.move_to_end(key)
                 return node
             self.spills += 1
-        node = argmin_random_tie(view.inflight_requests, ids, self.rng)
+        node = argmin_random_tie(view.inflight_requests, ids, self.draws)
         self.owner[key] = node
         self.owner.move_to_end(key)
         if len(self.owner) > p.max_keys:

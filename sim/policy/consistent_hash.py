@@ -87,7 +87,7 @@ class ConsistentHash(Strategy):
             # the next node clockwise within the bound; the owner if none is
             return next((node for node in walk if loads[node] <= bound), owner)
         within = [i for i in candidates if loads[i] <= bound]
-        return argmin_random_tie(loads, within, self.rng) if within else owner
+        return argmin_random_tie(loads, within, self.draws) if within else owner
 
     def _walk(self, key: int, accepting: tuple[bool, ...]) -> Iterator[int]:
         """Accepting nodes in ring order clockwise from ``key``, each once."""

@@ -77,4 +77,4 @@ class Dynamic(Strategy):
 
     def choose(self, request: RequestInfo, view: ClusterView) -> int:
         ids = view.accepting_ids()
-        return argmin_random_tie(self.scores(view, ids), ids, self.rng)
+        return argmin_random_tie(self.scores(view, ids), ids, self.draws)

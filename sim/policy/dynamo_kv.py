@@ -200,13 +200,14 @@ class DynamoKv(Strategy):
     def _select(self, costs: list[float], candidates: list[int]) -> int:
         temperature = self.params.temperature
         if temperature == 0:
-            return argmin_random_tie(costs, candidates, self.rng)
-        values = np.array([costs[i] for i in candidates])
-        low, high = values.min(), values.max()
+            return argmin_random_tie(costs, candidates, self.draws)
+        values = [costs[i] for i in candidates]
+        low, high = min(values), max(values)
         if high == low:
-            return candidates[int(self.rng.integers(len(candidates)))]
-        weights = np.exp(-(values - low) / ((high - low) * temperature))
-        return candidates[int(self.rng.choice(len(candidates), p=weights / weights.sum()))]
+            return candidates[self.draws.index(len(candidates))]
+        scale = (high - low) * temperature
+        weights = [math.exp(-(v - low) / scale) for v in values]
+        return candidates[self.draws.weighted_index(weights)]
 
     def _count_regret(self, overlaps: list[int], candidates: list[int], node: int) -> None:
         lost = max(overlaps[i] for i in candidates) - overlaps[node]

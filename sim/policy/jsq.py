@@ -18,4 +18,4 @@ class JoinShortestQueue(Strategy):
     def choose(self, request: RequestInfo, view: ClusterView) -> int:
         t = view.telemetry
         lengths = [q + r for q, r in zip(t.queued, t.running, strict=True)]
-        return argmin_random_tie(lengths, view.accepting_ids(), self.rng)
+        return argmin_random_tie(lengths, view.accepting_ids(), self.draws)

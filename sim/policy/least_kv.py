@@ -20,4 +20,4 @@ class LeastKv(Strategy):
     def choose(self, request: RequestInfo, view: ClusterView) -> int:
         used = view.telemetry.kv_used_blocks
         usage = [used[i] / max(1, node.kv_total_blocks) for i, node in enumerate(view.nodes)]
-        return argmin_random_tie(usage, view.accepting_ids(), self.rng)
+        return argmin_random_tie(usage, view.accepting_ids(), self.draws)

@@ -32,4 +32,4 @@ class LeastLoaded(Strategy):
         ids = view.accepting_ids()
         if self.params.tie_break == "lowest_id":
             return min(ids, key=lambda i: (view.inflight_requests[i], i))
-        return argmin_random_tie(view.inflight_requests, ids, self.rng)
+        return argmin_random_tie(view.inflight_requests, ids, self.draws)

@@ -57,7 +57,7 @@ class LeastWork(Strategy):
     params: Params
 
     def choose(self, request: RequestInfo, view: ClusterView) -> int:
-        return argmin_random_tie(self.scores(view), view.accepting_ids(), self.rng)
+        return argmin_random_tie(self.scores(view), view.accepting_ids(), self.draws)
 
     def scores(self, view: ClusterView) -> list[float]:
         """Every node's score (expected seconds of queued work plus the KV barrier)."""

@@ -73,7 +73,7 @@ class LlmD(Strategy):
 
     def choose(self, request: RequestInfo, view: ClusterView) -> int:
         scores = self.scores(request, view)
-        node = argmin_random_tie([-s for s in scores], view.accepting_ids(), self.rng)
+        node = argmin_random_tie([-s for s in scores], view.accepting_ids(), self.draws)
         if self.params.prefix_weight > 0 and self.params.cache_knowledge == "approximate":
             self._index(view).insert(node, self._ids(request, view), view.now_s)
         if request.session_id >= 0:

@@ -54,4 +54,4 @@ class MultiModel(Strategy):
             used = view.inflight_requests
             minus_free = [used[i] - nodes[i].max_num_seqs if view.accepting[i] else 0
                           for i in range(view.n_nodes)]
-        return argmin_random_tie(minus_free, ids, self.rng)
+        return argmin_random_tie(minus_free, ids, self.draws)

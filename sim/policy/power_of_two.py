@@ -26,8 +26,11 @@ class PowerOfTwo(Strategy):
         ids = view.accepting_ids()
         if len(ids) == 1:
             return ids[0]
-        i, j = self.rng.choice(len(ids), size=2, replace=False)
-        a, b = ids[int(i)], ids[int(j)]
+        # two distinct uniform picks: the second among the others
+        n = len(ids)
+        i = self.draws.index(n)
+        j = self.draws.index(n - 1)
+        a, b = ids[i], ids[j + (j >= i)]
         return b if self._load(view, b) < self._load(view, a) else a
 
     def _load(self, view: ClusterView, node: int) -> float:

@@ -125,7 +125,7 @@ class Predictive(Strategy):
 
     def choose(self, request: RequestInfo, view: ClusterView) -> int:
         ids = view.accepting_ids()
-        return argmin_random_tie(self.predicted_s(request, view, ids), ids, self.rng)
+        return argmin_random_tie(self.predicted_s(request, view, ids), ids, self.draws)
 
     # -- the ledger and the learning --------------------------------------------------------
 

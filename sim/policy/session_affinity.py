@@ -54,12 +54,12 @@ class SessionAffinity(Strategy):
         ids = view.accepting_ids()
         session = request.session_id
         if session < 0:
-            return argmin_random_tie(view.inflight_requests, ids, self.rng)
+            return argmin_random_tie(view.inflight_requests, ids, self.draws)
         home = self.home.get(session)
         if home is not None and view.accepting[home] and not self.over_capacity(view, home, ids):
             self.home.move_to_end(session)
             return home
-        node = argmin_random_tie(view.inflight_requests, ids, self.rng)
+        node = argmin_random_tie(view.inflight_requests, ids, self.draws)
         self.migrations += home is not None and node != home
         self.home[session] = node
         self.home.move_to_end(session)

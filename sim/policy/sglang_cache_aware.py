@@ -118,7 +118,7 @@ class SglangCacheAware(Strategy):
         loads = view.inflight_requests
         if self._imbalanced(loads, candidates):
             self._counts["balance_routed"] += 1
-            node = argmin_random_tie(loads, candidates, self.rng)
+            node = argmin_random_tie(loads, candidates, self.draws)
         else:
             node = self._by_cache(request, view, ids, candidates, index)
         index.insert(node, ids, view.now_s)
@@ -143,12 +143,12 @@ class SglangCacheAware(Strategy):
         block = view.nodes[0].block_size_tokens
         if best > 0 and best * block / max(1, request.prompt_tokens) > self.cache_threshold:
             self._counts["cache_routed"] += 1
-            return argmin_random_tie([-m for m in matches], candidates, self.rng)
+            return argmin_random_tie([-m for m in matches], candidates, self.draws)
         self._counts["miss_routed"] += 1
         if self.params.miss_policy == "smallest_tree":
             sizes = [index.size(i) for i in range(view.n_nodes)]
-            return argmin_random_tie(sizes, candidates, self.rng)
-        return argmin_random_tie(view.inflight_requests, candidates, self.rng)
+            return argmin_random_tie(sizes, candidates, self.draws)
+        return argmin_random_tie(view.inflight_requests, candidates, self.draws)
 
     def _index(self, view: ClusterView) -> PrefixIndex:
         """The tree (built at the first decision, when the cluster size is known), pruned

@@ -50,7 +50,7 @@ class TokenAware(Strategy):
 
     def choose(self, request: RequestInfo, view: ClusterView) -> int:
         self._grow(view.n_nodes)
-        return argmin_random_tie(self.outstanding_tokens, view.accepting_ids(), self.rng)
+        return argmin_random_tie(self.outstanding_tokens, view.accepting_ids(), self.draws)
 
     def on_dispatch(self, request: RequestInfo, node_id: int, now_s: float) -> None:
         """Charge the request's estimated tokens to its node."""

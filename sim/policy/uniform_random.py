@@ -15,4 +15,4 @@ class UniformRandom(Strategy):
 
     def choose(self, request: RequestInfo, view: ClusterView) -> int:
         ids = view.accepting_ids()
-        return ids[int(self.rng.integers(len(ids)))]
+        return ids[self.draws.index(len(ids))]
