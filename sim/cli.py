@@ -124,7 +124,7 @@ def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
     console = Console(stderr=True)
     with progress_bars(console, enabled=not quiet and not as_json) as factory:
         results = app.run_all(resolved, out, force=force, progress=factory,  # type: ignore[arg-type]
-                              jobs=jobs or (os.cpu_count() or 1))
+                              jobs=jobs or _usable_cpus())
     report_path = None
     if with_report:
         from sim.report import build_report
@@ -181,6 +181,13 @@ def list_strategies(params: bool) -> None:
             schema = cls.Params.model_json_schema().get("properties", {})
             for field, spec in schema.items():
                 click.echo(f"{'':16s}   {field}: {json.dumps(spec)}")
+
+
+def _usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def _add_command_modules() -> None:
