@@ -12,8 +12,10 @@ never touches nodes and never records metrics. What it may read:
 * static node facts (``ClusterView.nodes``: group, profile, limits, KV size): exact.
 * not available: future arrivals, node internals.
 
-Randomness comes only from the injected ``numpy.random.Generator``. Parameters are a pydantic
-model (``Params``) validated when the scenario loads. Register a strategy with
+Randomness comes only from the injected ``numpy.random.Generator`` (``self.rng``; for draws made
+once per decision, ``self.draws`` hands out its numbers a block at a time, since a numpy call
+per request costs more than the decision). Parameters are a pydantic model (``Params``)
+validated when the scenario loads. Register a strategy with
 ``@strategies.register("name")``; the contract test in ``tests/`` then covers it.
 """
 
