@@ -53,6 +53,13 @@ class Cluster:
     def _node_done(self, outcome: Outcome) -> None:
         self.on_done(outcome)
 
+    def connect(self, on_done: Callable[[Outcome], None]) -> None:
+        """Send every node's outcomes to ``on_done`` (the router), directly: one call per
+        outcome, not two."""
+        self.on_done = on_done
+        for node in self.nodes:
+            node.on_done = on_done
+
     def sample_telemetry(self) -> Telemetry:
         """What every node reports now."""
         now = self.env.now

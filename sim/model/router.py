@@ -138,9 +138,7 @@ class Router:
         self._attempts: dict[int, set[int]] = {}
         self._final: set[int] = set()
         self._origin: list[int] | None = None if len(strategies) == 1 else [0] * table.n
-        cluster.on_done = self.on_done
-        for node in cluster.nodes:
-            node.on_done = self.on_done  # directly, without the cluster's forwarding call
+        cluster.connect(self.on_done)
         if any(r.watches_first_token for r in self.replicas):
             for node in cluster.nodes:
                 node.on_first_token = self._first_token
