@@ -10,7 +10,8 @@ requests are those arriving in it; latencies are over measured requests that com
   in the window (the duration of the iteration that produced it, plus the gap a preemption
   caused); from a log histogram, so quantiles are within 0.5 %.
 * Throughput: requests completing in the window per second; output tokens generated in the
-  window per second. Goodput: requests completing in the window that met every SLO, per second.
+  window per second. Goodput: measured requests (warm-up arrivals excluded) completing in the
+  window that met every SLO, per second; never above throughput.
   SLO attainment: the fraction of measured completed requests meeting each SLO.
 * Cache hit rate: prompt tokens served from the prefix cache at first admission over all prompt
   tokens of measured admitted requests.
@@ -244,9 +245,11 @@ def summarize(data: RunData) -> dict[str, object]:
     meets, attainment = _slo_mask(lat, req, done, data.slo)
     finish = req["finish_s"]
     completes_in_window = (req["status"] == COMPLETED) & (finish >= a) & (finish < b)
-    good_in_window = completes_in_window.copy()
-    good_in_window[np.flatnonzero(done)[~meets]] = False
-    # requests measured-completed but finishing after the window count only in attainment
+    # goodput: measured requests (arrived in the window; warm-up arrivals never count, their
+    # SLOs are not checked) completing in the window and meeting every SLO
+    good_in_window = np.zeros_like(completes_in_window)
+    good_in_window[np.flatnonzero(done)[meets]] = True
+    good_in_window &= completes_in_window
     first_in_window = np.isfinite(req["first_token_s"]) & (req["first_token_s"] >= a) & (
         req["first_token_s"] < b)
     runs = data.runs
