@@ -82,9 +82,35 @@ def test_overrides_replace_file_values(tmp_path: Path) -> None:
     assert cm.step_s(3, 1, 6, 2, 10) == pytest.approx((1.25 + 0.3 + 0.2066 + 0.53) * 1e-3)
 
 
+def test_host_terms_and_gpu_scale_by_hand(tmp_path: Path) -> None:
+    """Host time per scheduled sequence adds S * cpu_per_seq_ms; gpu_time_scale multiplies
+    the GPU terms only; decode_terms stays exactly what step_s returns."""
+    cm = _model(tmp_path, cpu_per_seq_ms=0.05, gpu_time_scale=0.8)
+    gpu_ms = (1.25 + 0.3 + 0.2066 + 0.53) * 1.5
+    # 1 chunk + 2 decodes = 3 sequences in the step
+    assert cm.step_s(3, 1, 6, 2, 10) == pytest.approx(
+        (gpu_ms * 0.8 + 0.3 + 3 * 0.05) * 1e-3, rel=1e-12)
+    base_s, per_s = cm.decode_terms(2)
+    assert base_s + per_s * 10 == pytest.approx(cm.step_s(0, 0, 0, 2, 10), rel=1e-12)
+    assert base_s + per_s * 10 == pytest.approx(((1.0 + 0.2 + 0.53) * 0.8 + 0.3 + 0.1) * 1e-3)
+
+
+def test_host_terms_from_the_profile_file(tmp_path: Path) -> None:
+    """The optional step_model fields are read; a scale outside [0.5, 2] is refused."""
+    data = tiny_data()
+    data["step_model"].update(cpu_per_seq_ms=0.05, gpu_time_scale=1.25)
+    cm = _model(tmp_path, data)
+    assert cm.step_s(0, 0, 0, 2, 10) == pytest.approx(
+        ((1.0 + 0.2 + 0.53) * 1.25 + 0.3 + 0.1) * 1e-3)
+    data["step_model"]["gpu_time_scale"] = 3.0
+    with pytest.raises(ProfileError, match="gpu_time_scale"):
+        write_profile(data, tmp_path / "bad.json")
+
+
 def test_params_are_validated() -> None:
     """Negative overhead, a zero mixed factor and unknown keys are rejected."""
-    for bad in ({"cpu_overhead_ms": -1}, {"mixed_factor": 0}, {"typo": 1}):
+    for bad in ({"cpu_overhead_ms": -1}, {"mixed_factor": 0}, {"typo": 1},
+                {"cpu_per_seq_ms": -0.1}, {"gpu_time_scale": 0.1}):
         with pytest.raises(ValidationError):
             ProfileCostModel.Params(profile="h100/llama-3-8b", **bad)
 

@@ -7,11 +7,16 @@ Two registered models share one interface (``CostModel``):
       T = lin(N) + comm(N) + head(S)
           + [p0*n_chunks + p1*prefill_tokens + p2*prefill_pairs]   (if any prefill chunk)
           + [c0 + c1*B + c2*sum_ctx]                                (if any decode)
-      T *= mixed_factor (only when a step holds both), T += cpu_overhead_ms
+      T *= mixed_factor (only when a step holds both), T *= gpu_time_scale
+      T += cpu_overhead_ms + cpu_per_seq_ms * S                    (host time)
 
-  with ``N = prefill_tokens + B`` tokens and ``S = n_chunks + B`` logits rows. The curves are
-  tabulated into dense per-integer lists when the model is built, so one evaluation is a few
-  list lookups and multiplications (O(1)).
+  with ``N = prefill_tokens + B`` tokens and ``S = n_chunks + B`` logits rows (the sequences
+  the step schedules). The host terms are the engine's CPU time per step that the GPU waits
+  for: scheduling, input preparation, sampling bookkeeping and output processing, a fixed part
+  and a part per scheduled sequence (``docs/model.md`` §4 gives the sources and the fitted
+  values). ``gpu_time_scale`` is a bounded calibration factor on the GPU terms (1 by default).
+  The curves are tabulated into dense per-integer lists when the model is built, so one
+  evaluation is a few list lookups and multiplications (O(1)).
 * ``linear``: a test double, ``step_s + prefill_token_s*P + decode_seq_s*B + ctx_token_s*sum_ctx``,
   for queueing validations where a node must behave like a textbook server.
 
@@ -29,7 +34,7 @@ from typing import Any, Protocol
 from pydantic import Field, model_validator
 
 from sim.errors import ProfileError
-from sim.model.profile import Profile, Table, load_profile
+from sim.model.profile import GPU_TIME_SCALE_BOUNDS, Profile, Table, load_profile
 from sim.registry import Registry
 from sim.spec import StrictModel
 
@@ -61,8 +66,9 @@ cost_models: Registry[type] = Registry("cost_model")
 _MS = 1e-3  # seconds per millisecond
 
 
-def _dense_s(tables: list[Table], x_max: int) -> list[float]:
-    """Sum of ``tables`` in seconds at x = 0..x_max (0 at x = 0: an empty step costs nothing).
+def _dense_s(tables: list[Table], x_max: int, scale: float = 1.0) -> list[float]:
+    """Sum of ``tables`` in seconds (times ``scale``) at x = 0..x_max (0 at x = 0: an empty
+    step costs nothing).
 
     Each table is evaluated with its own rule (``y[0]`` below the grid, linear inside, its
     linear tail above), so the dense list is exact for every integer it covers.
@@ -79,7 +85,7 @@ def _dense_s(tables: list[Table], x_max: int) -> list[float]:
                 y = ys[j] + (x - xs[j]) * (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j])
             else:
                 y = ys[-1] + table.slope_ms * (x - xs[-1])
-            out[x] += y * _MS
+            out[x] += y * _MS * scale
     return out
 
 
@@ -101,38 +107,53 @@ class ProfileCostModel:
         mixed_factor: float | None = Field(
             None, gt=0, allow_inf_nan=False,
             description="multiplier for steps mixing prefill and decode; None = profile's")
+        cpu_per_seq_ms: float | None = Field(
+            None, ge=0, allow_inf_nan=False,
+            description="engine CPU time per scheduled sequence per step in ms; None keeps "
+                        "the profile's value")
+        gpu_time_scale: float | None = Field(
+            None, ge=GPU_TIME_SCALE_BOUNDS[0], le=GPU_TIME_SCALE_BOUNDS[1],
+            allow_inf_nan=False,
+            description="multiplier on the profile's GPU terms; None keeps the profile's")
 
     def __init__(self, params: ProfileCostModel.Params, base_dir: Path | None = None) -> None:
-        self._setup(load_profile(params.profile, base_dir), params.cpu_overhead_ms,
-                    params.mixed_factor)
+        self._setup(load_profile(params.profile, base_dir), params)
 
     @classmethod
     def from_profile(cls, profile: Profile, cpu_overhead_ms: float | None = None,
-                     mixed_factor: float | None = None) -> ProfileCostModel:
-        """Build the model from an already parsed profile."""
+                     mixed_factor: float | None = None, cpu_per_seq_ms: float | None = None,
+                     gpu_time_scale: float | None = None) -> ProfileCostModel:
+        """Build the model from an already parsed profile (None keeps the profile's value)."""
         self = cls.__new__(cls)
-        self._setup(profile, cpu_overhead_ms, mixed_factor)
+        self._setup(profile, cls.Params.model_construct(
+            profile=profile.name, cpu_overhead_ms=cpu_overhead_ms, mixed_factor=mixed_factor,
+            cpu_per_seq_ms=cpu_per_seq_ms, gpu_time_scale=gpu_time_scale))
         return self
 
-    def _setup(self, profile: Profile, cpu_overhead_ms: float | None,
-               mixed_factor: float | None) -> None:
+    def _setup(self, profile: Profile, params: ProfileCostModel.Params) -> None:
         sm, model, hw = profile.step_model, profile.model, profile.hardware
         self.profile = profile
+        scale = float(sm.gpu_time_scale if params.gpu_time_scale is None
+                      else params.gpu_time_scale)
+        ms = _MS * scale  # seconds per profile-millisecond of GPU time
         n_tables = [sm.lin] if sm.comm is None else [sm.lin, sm.comm]
         self._n_top = max(t.x_max for t in n_tables)
-        self._n_dense = _dense_s(n_tables, self._n_top)
-        self._n_slope = sum(t.slope_ms for t in n_tables) * _MS
+        self._n_dense = _dense_s(n_tables, self._n_top, scale)
+        self._n_slope = sum(t.slope_ms for t in n_tables) * ms
         self._n_grid = min(t.x_max for t in n_tables)
         self._n_limit = min(t.max_factor * t.x_max for t in n_tables)
         self._s_top = sm.head.x_max
-        self._s_dense = _dense_s([sm.head], self._s_top)
-        self._s_slope = sm.head.slope_ms * _MS
+        self._s_dense = _dense_s([sm.head], self._s_top, scale)
+        self._s_slope = sm.head.slope_ms * ms
         self._s_limit = sm.head.max_factor * sm.head.x_max
-        self._c0, self._c1, self._c2 = (float(c) * _MS for c in sm.attn_decode.coef)
-        self._p0, self._p1, self._p2 = (float(c) * _MS for c in sm.attn_prefill.coef)
-        self._mixed = float(sm.mixed_factor if mixed_factor is None else mixed_factor)
-        cpu_ms = sm.cpu_overhead_ms if cpu_overhead_ms is None else cpu_overhead_ms
+        self._c0, self._c1, self._c2 = (float(c) * ms for c in sm.attn_decode.coef)
+        self._p0, self._p1, self._p2 = (float(c) * ms for c in sm.attn_prefill.coef)
+        self._mixed = float(sm.mixed_factor if params.mixed_factor is None
+                            else params.mixed_factor)
+        cpu_ms = sm.cpu_overhead_ms if params.cpu_overhead_ms is None else params.cpu_overhead_ms
+        seq_ms = sm.cpu_per_seq_ms if params.cpu_per_seq_ms is None else params.cpu_per_seq_ms
         self._cpu_s = float(cpu_ms) * _MS
+        self._cpu_seq_s = float(seq_ms) * _MS
         # Model FLOPs (profiling.md §4.2): 2 FLOPs per parameter per token for the GEMMs, and
         # 4*L*H_q*D per causal (query, key) pair for Q.K^T and P.V.
         self._flops_token = 2.0 * model.params
@@ -157,7 +178,7 @@ class ProfileCostModel:
         if decode_batch:
             t += self._c0 + self._c1 * decode_batch + self._c2 * decode_ctx_sum
             t *= self._mixed
-        return t + self._cpu_s
+        return t + self._cpu_s + self._cpu_seq_s * s
 
     def decode_terms(self, decode_batch: int) -> tuple[float, float]:
         """``(base_s, per_ctx_token_s)``: a pure-decode step of B sequences costs
@@ -169,7 +190,7 @@ class ProfileCostModel:
         t = dense[b] if b <= self._n_top else dense[-1] + self._n_slope * (b - self._n_top)
         dense = self._s_dense
         t += dense[b] if b <= self._s_top else dense[-1] + self._s_slope * (b - self._s_top)
-        return t + self._c0 + self._c1 * b + self._cpu_s, self._c2
+        return t + self._c0 + self._c1 * b + self._cpu_s + self._cpu_seq_s * b, self._c2
 
     def is_extrapolated(self, n_tokens: Any, n_seqs: Any) -> Any:
         """True when the step lies beyond the measured lin/comm or head grid (element-wise

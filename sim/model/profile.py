@@ -31,7 +31,9 @@ Schema (times in ms, sizes in bytes, rates per second; every number finite and >
                 attn_decode  {features ["const","batch","sum_ctx"], coef [c0, c1, c2]};
                 attn_prefill {features ["per_chunk","chunk_tokens","attn_pairs"],
                               coef [p0, p1, p2]};
-                mixed_factor (> 0); cpu_overhead_ms
+                mixed_factor (> 0); cpu_overhead_ms (host time per step);
+                optional cpu_per_seq_ms (host time per sequence in the step, default 0) and
+                gpu_time_scale (multiplier on the GPU terms, in [0.5, 2], default 1)
     fit_quality, checks   free-form objects (numbers, strings, lists)
     samples, metadata     optional free-form objects (raw measurements, profiler details)
 
@@ -265,7 +267,8 @@ def _parse_kv(c: _Checker, value: Any, model: ModelShape, tp: int) -> KvCache:
 def _parse_step_model(c: _Checker, value: Any) -> StepModel:
     p = "step_model"
     d = c.obj(value, p, ("units", "lin", "comm", "head", "attn_decode", "attn_prefill",
-                         "mixed_factor", "cpu_overhead_ms"))
+                         "mixed_factor", "cpu_overhead_ms"),
+              ("cpu_per_seq_ms", "gpu_time_scale"))
     if d["units"] != "ms":
         raise c.fail(f"{p}.units", f"expected 'ms', got {_show(d['units'])}")
     comm = None if d["comm"] is None else _parse_table(
@@ -278,7 +281,25 @@ def _parse_step_model(c: _Checker, value: Any) -> StepModel:
         attn_prefill=_parse_term(c, d["attn_prefill"], f"{p}.attn_prefill", PREFILL_FEATURES),
         mixed_factor=c.num(d, "mixed_factor", p, positive=True),
         cpu_overhead_ms=c.num(d, "cpu_overhead_ms", p),
+        cpu_per_seq_ms=c.num(d, "cpu_per_seq_ms", p) if "cpu_per_seq_ms" in d else 0.0,
+        gpu_time_scale=_gpu_time_scale(c, d, p),
     )
+
+
+#: Bounds of ``step_model.gpu_time_scale``: a calibration may correct the GPU terms of a
+#: profile by at most this factor either way (beyond it the profile itself is wrong).
+GPU_TIME_SCALE_BOUNDS = (0.5, 2.0)
+
+
+def _gpu_time_scale(c: _Checker, d: dict[str, Any], p: str) -> float:
+    if "gpu_time_scale" not in d:
+        return 1.0
+    value = c.num(d, "gpu_time_scale", p, positive=True)
+    lo, hi = GPU_TIME_SCALE_BOUNDS
+    if not lo <= value <= hi:
+        raise c.fail(f"{p}.gpu_time_scale", f"expected a factor in [{lo:g}, {hi:g}], "
+                                             f"got {_show(value)}")
+    return value
 
 
 def parse_profile(data: Any, source: str = "<profile>", path: Path | None = None) -> Profile:

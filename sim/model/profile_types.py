@@ -135,6 +135,8 @@ class StepModel:
     attn_prefill: LinearTerm
     mixed_factor: float
     cpu_overhead_ms: float
+    cpu_per_seq_ms: float = 0.0
+    gpu_time_scale: float = 1.0
 
 
 def vllm_kv_blocks(total_bytes: int, gpu_memory_utilization: float, non_kv_bytes: int,
