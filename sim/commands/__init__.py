@@ -9,4 +9,5 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sim.commands.report",
     "sim.commands.profile",
     "sim.commands.trace",
+    "sim.commands.fidelity",
 )
