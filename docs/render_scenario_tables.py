@@ -13,7 +13,7 @@ import re
 import sys
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
@@ -50,6 +50,8 @@ REGISTRIES: list[tuple[str, str, Registry[Any]]] = [
 def type_name(tp: Any) -> str:
     """A reader's name for a field's type."""
     origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return type_name(args[0])
     if origin in (Union, types.UnionType):
         rest = [a for a in args if a is not type(None)]
         text = " or ".join(type_name(a) for a in rest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import simpy
 
 import sim
+import sim.limits
 from sim.build import ResolvedScenario, resolve
 from sim.errors import ScenarioError
 from sim.results import check_writable, run_dir, write_run
@@ -22,12 +24,15 @@ ProgressFactory = Callable[[str, int], Progress | None]
 
 
 def load(path: Path, overrides: Sequence[str] = (), *, seed: int | None = None,
-         replications: int | None = None, strategies: Sequence[str] = ()) -> ResolvedScenario:
-    """Read, override, validate and resolve a scenario file.
+         replications: int | None = None, strategies: Sequence[str] = (),
+         limits: bool = True) -> ResolvedScenario:
+    """Read, override, validate and resolve a scenario file; with ``limits``, refuse a run
+    whose estimated size exceeds the scenario's ``limits`` (``sim.limits``).
 
     Raises:
-        ScenarioError: any problem with the file, an override or a ``--strategy`` name; the
-            message names ``path``, the field and what was expected.
+        ScenarioError: any problem with the file, an override or a ``--strategy`` name, or a
+            run beyond a size limit; the message names ``path``, the field and what was
+            expected.
     """
     raw = read_raw(path)
     for assignment in overrides:
@@ -40,7 +45,10 @@ def load(path: Path, overrides: Sequence[str] = (), *, seed: int | None = None,
     if replications is not None:
         raw["replications"] = replications
     scenario = parse_scenario(raw, str(path))
-    return resolve(scenario, str(path), path.resolve().parent, tuple(strategies))
+    if limits:
+        sim.limits.check(scenario, path)
+    resolved = resolve(scenario, str(path), path.resolve().parent, tuple(strategies))
+    return resolved if limits else dataclasses.replace(resolved, enforce_limits=False)
 
 
 def run_all(resolved: ResolvedScenario, out: Path, *, force: bool = False,
@@ -87,11 +95,14 @@ def replication_workload(resolved: ResolvedScenario, replication: int) -> Worklo
     """``workload_for`` with errors found only now (a bad trace record deep in the file)
     naming the scenario when they do not name a file of their own."""
     try:
-        return workload_for(resolved, replication)
+        workload = workload_for(resolved, replication)
     except ScenarioError as exc:
         if exc.source is not None:
             raise
         raise ScenarioError(exc.detail, source=resolved.source, field=exc.field) from None
+    if resolved.enforce_limits:
+        sim.limits.check_requests(resolved.scenario, len(workload), resolved.source)
+    return workload
 
 
 def _write(resolved: ResolvedScenario, result: RunResult, out: Path, force: bool) -> None:

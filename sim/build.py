@@ -52,6 +52,8 @@ class ResolvedScenario:
     admission: tuple[type, Any] | None = None
     #: node id -> its slow-downs ((start_s, end_s, factor), ...)
     slowdowns: dict[int, tuple[tuple[float, float, float], ...]] = field(default_factory=dict)
+    #: check the scenario's size limits (``sim.limits``); False with ``--no-limits``
+    enforce_limits: bool = True
 
     def check_models(self, models: set[str], field: str = "workload.models") -> None:
         """Raise ``ScenarioError`` if a requested model is served by no node."""

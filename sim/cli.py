@@ -38,7 +38,14 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail(f"simlb: error: {exc}", 2)
         except SimulationError as exc:
             _fail(f"simlb: simulation failed: {exc}", 1)
+        except MemoryError:
+            _fail(_OUT_OF_MEMORY, 1)
     return wrapper
+
+
+_OUT_OF_MEMORY = ("simlb: out of memory: the run needs more memory than this machine has; "
+                  "shorten duration_s, lower the load or the replications, run with fewer "
+                  "--jobs, or lower the scenario's limits (docs/scenarios.md)")
 
 
 class _UsageLine(click.ClickException):
@@ -80,6 +87,8 @@ class _Group(click.Group):
             _fail(f"simlb: error: {exc}", 2)
         except SimulationError as exc:
             _fail(f"simlb: simulation failed: {exc}", 1)
+        except MemoryError:
+            _fail(_OUT_OF_MEMORY, 1)
 
 
 @click.group(cls=_Group)
@@ -108,10 +117,12 @@ def main() -> None:
 @click.option("--jobs", "-j", type=click.IntRange(min=0), default=1, show_default=True,
               help="Simulations to run at once, in worker processes (0: one per CPU core). "
                    "Results are the same; memory grows with each.")
+@click.option("--no-limits", "no_limits", is_flag=True,
+              help="Skip the size limits (the scenario's limits block): run however large.")
 @_handle_errors
 def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
         replications: int | None, overrides: tuple[str, ...], out: Path, force: bool,
-        quiet: bool, as_json: bool, with_report: bool, jobs: int) -> None:
+        quiet: bool, as_json: bool, with_report: bool, jobs: int, no_limits: bool) -> None:
     """Simulate SCENARIO once per strategy and replication, and compare them."""
     from rich.console import Console
 
@@ -120,7 +131,7 @@ def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
     from sim.results import dumps_json
 
     resolved = app.load(scenario, overrides, seed=seed, replications=replications,
-                        strategies=strategies)
+                        strategies=strategies, limits=not no_limits)
     console = Console(stderr=True)
     with progress_bars(console, enabled=not quiet and not as_json) as factory:
         results = app.run_all(resolved, out, force=force, progress=factory,  # type: ignore[arg-type]
@@ -146,15 +157,18 @@ def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--no-limits", "no_limits", is_flag=True,
+              help="Skip the size limits (the scenario's limits block).")
 @_handle_errors
-def validate(files: tuple[Path, ...]) -> None:
-    """Check scenario FILES (schema, names, parameters, profiles) without running them."""
+def validate(files: tuple[Path, ...], no_limits: bool) -> None:
+    """Check scenario FILES (schema, names, parameters, profiles, traces, size limits)
+    without running them."""
     from sim import app
 
     failed = 0
     for path in files:
         try:
-            resolved = app.load(path)
+            resolved = app.load(path, limits=not no_limits)
         except InputError as exc:
             click.echo(_one_line(f"simlb: error: {exc}"), err=True)
             failed += 1

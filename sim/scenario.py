@@ -12,10 +12,17 @@ as ``scenario.resolved.yaml``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from sim.errors import ScenarioError
 from sim.spec import ComponentSpec, StrictModel, format_validation_error
@@ -25,6 +32,19 @@ SCHEMA_VERSION = 1
 #: names of scenarios, groups and labels: they become folder names, so no leading dot
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 GRADE_SENSES = ("batch_occupancy", "kv_occupancy", "busy", "token_share", "mfu")
+#: the largest scenario file read (a scenario is a few KB; /dev/zero would never end)
+MAX_FILE_BYTES = 16 << 20
+
+
+def _not_bool(value: Any) -> Any:
+    """Refuse ``true``/``false`` where a count is expected (pydantic would read them as 1/0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {str(value).lower()}")
+    return value
+
+
+#: an integer field that refuses booleans
+Int = Annotated[int, BeforeValidator(_not_bool)]
 
 
 class Model(StrictModel):
@@ -36,20 +56,21 @@ class NodeGroupSpec(Model):
 
     name: str = Field("default", pattern=NAME_PATTERN,
                       description="group name shown to strategies and in node tables")
-    count: int = Field(ge=1, description="number of identical nodes in the group")
+    count: Int = Field(ge=1, le=1_000_000, description="number of identical nodes in the group "
+                                                      "(see also limits.max_nodes)")
     cost_model: ComponentSpec = Field(
         description="iteration cost model (cost_model registry), e.g. {name: profile, "
                     "params: {profile: h100/llama-3-8b}}")
-    kv_capacity_tokens: int | None = Field(
+    kv_capacity_tokens: Int | None = Field(
         None, ge=1, description="KV cache size of one node; null: from the profile "
                                 "(required with a cost model that has none)")
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="fraction of GPU memory vLLM may use, to recompute the "
                                       "profile's KV capacity; null: the profile's own value")
-    block_size_tokens: int = Field(16, ge=1, le=1024, description="tokens per KV block")
+    block_size_tokens: Int = Field(16, ge=1, le=1024, description="tokens per KV block")
     prefix_caching: bool = Field(True, description="share full prompt blocks between requests "
                                                    "(vLLM automatic prefix caching)")
-    max_model_len_tokens: int | None = Field(
+    max_model_len_tokens: Int | None = Field(
         None, ge=2, description="longest prompt + max_output_tokens a node accepts (longer "
                                 "requests are rejected); the profile's context limit applies "
                                 "too")
@@ -65,7 +86,7 @@ class NodeGroupSpec(Model):
 class SlowdownSpec(Model):
     """A straggler: node ``node`` runs ``factor`` times slower in ``[start_s, end_s)``."""
 
-    node: int = Field(ge=0, description="node id (nodes are numbered in group order from 0)")
+    node: Int = Field(ge=0, description="node id (nodes are numbered in group order from 0)")
     factor: float = Field(gt=0, description="iterations take this many times their profile "
                                             "cost (2: half speed)")
     start_s: float = Field(0.0, ge=0, description="when the slow-down starts")
@@ -113,7 +134,7 @@ class RouterSpec(Model):
                                   "labels must be unique")
     telemetry_interval_s: float = Field(
         0.1, ge=0, description="node telemetry refresh period; 0: fresh for every decision")
-    replicas: int = Field(1, ge=1, le=64, description="router instances sharing the arrivals "
+    replicas: Int = Field(1, ge=1, le=64, description="router instances sharing the arrivals "
                                                       "round robin, each counting only its "
                                                       "own dispatches")
     admission: ComponentSpec | None = Field(
@@ -157,14 +178,30 @@ class MetricsSpec(Model):
                                        "nodes) uses")
 
 
+class LimitsSpec(Model):
+    """Size limits checked when the scenario loads (``sim.limits``), per replication; the
+    defaults keep a run within a few GB of memory. ``--no-limits`` skips them."""
+
+    max_requests: int = Field(10_000_000, ge=1, description="expected requests (analytic "
+                                                           "rate x duration_s)")
+    max_nodes: int = Field(10_000, ge=1, description="nodes over all groups")
+    max_timeline_rows: int = Field(20_000_000, ge=1, description="nodes x metrics.bucket_s "
+                                   "buckets over duration_s + drain_timeout_s")
+    max_monitor_samples: int = Field(20_000_000, ge=1, description="nodes x "
+                                     "metrics.monitor_interval_s intervals over duration_s + "
+                                     "drain_timeout_s")
+    max_arrival_draws: int = Field(50_000_000, ge=1, description="arrival-process draws "
+                                   "besides one per request (MMPP sojourns)")
+
+
 class Scenario(Model):
     """A whole scenario file."""
 
     schema_version: Literal[1] = Field(description="version of this file format")
     name: str = Field(pattern=NAME_PATTERN, description="results go to <out>/<name>/")
     description: str = Field("", description="free text")
-    seed: int = Field(0, ge=0, description="root seed; replication k uses seed + k")
-    replications: int = Field(1, ge=1, description="runs per strategy, with seeds "
+    seed: Int = Field(0, ge=0, description="root seed; replication k uses seed + k")
+    replications: Int = Field(1, ge=1, description="runs per strategy, with seeds "
                                                   "seed .. seed + replications - 1")
     duration_s: float = Field(gt=0, description="arrivals are generated in [0, duration_s)")
     warmup_s: float = Field(0.0, ge=0, description="requests arriving earlier are simulated "
@@ -179,6 +216,9 @@ class Scenario(Model):
                                                               "goodput")
     metrics: MetricsSpec = Field(default_factory=MetricsSpec,
                                  description="measurement settings")
+    limits: LimitsSpec = Field(default_factory=LimitsSpec,
+                               description="size limits refusing runs too large to hold in "
+                                           "memory (--no-limits skips them)")
 
     @field_validator("warmup_s")
     @classmethod
@@ -297,7 +337,12 @@ def read_raw(path: Path) -> dict[str, Any]:
     """
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ScenarioError(f"larger than {MAX_FILE_BYTES >> 20} MiB (or endless); "
+                                f"expected a scenario YAML file", source=source)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ScenarioError("file not found; expected a scenario YAML file",
                             source=source) from None

@@ -3,13 +3,29 @@ writers, orphaned workers, report folders, trace output paths, clusters serving 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+import pytest
+from click.testing import CliRunner, Result
 
 from sim import app
+from sim.cli import main
 from sim.model.requests import COMPLETED
 from sim.runner import simulate, workload_for
 
-from conftest import scenario_dict, write_scenario
+from conftest import expect_error, scenario_dict, write_scenario
+
+
+def invoke(*args: Any) -> Result:
+    """Run ``simlb`` with ``args``."""
+    return CliRunner().invoke(main, [str(a) for a in args], prog_name="simlb")
+
+
+def tiny(**changes: Any) -> dict[str, Any]:
+    """A scenario that simulates in a fraction of a second."""
+    return scenario_dict(**({"duration_s": 5.0, "warmup_s": 1.0} | changes))
 
 
 def test_goodput_counts_measured_requests_only_under_overload(tmp_path):
@@ -34,3 +50,64 @@ def test_goodput_counts_measured_requests_only_under_overload(tmp_path):
     assert s["throughput"]["goodput_rps"] == good.sum() / (b - a)
     assert s["throughput"]["goodput_rps"] <= s["throughput"]["completed_rps"] / 2
     assert s["slo"]["attainment"]["all"] < 0.2
+
+
+HUGE = [
+    ("cluster.node_groups.0.count=1000000000000000000000000000000", "count"),
+    ("cluster.node_groups.0.count=20000", "limits.max_nodes"),
+    ("cluster.node_groups.0.count=true", "expected an integer, got true"),
+    ("workload.arrivals={name: gamma, params: {rate_rps: 5, cv: 1.0e-300}}", "params.cv"),
+    ("workload.arrivals={name: poisson, params: {rate_rps: 1.0e308}}", "limits.max_requests"),
+    ("workload.arrivals={name: poisson, params: {rate_rps: 1.0e9}}", "limits.max_requests"),
+    ("duration_s=1.0e308", "limits.max_requests"),
+    ("metrics.bucket_s=1.0e-9", "limits.max_timeline_rows"),
+    ("metrics.monitor_interval_s=1.0e-9", "limits.max_monitor_samples"),
+    ("workload.arrivals={name: mmpp2, params: {low_rps: 4, high_rps: 12, mean_low_s: 1.0e-12, "
+     "mean_high_s: 1.0e-12}}", "limits.max_arrival_draws"),
+    ("workload.arrivals={name: piecewise, params: {rates_rps: [1, 2], period_s: 1.0e-300}}",
+     "limits.max_arrival_draws"),
+]
+
+
+@pytest.mark.parametrize(("assignment", "needle"), HUGE)
+def test_runs_too_large_are_refused_on_one_line_before_running(tmp_path: Path,
+                                                               assignment: str,
+                                                               needle: str) -> None:
+    """Finite but huge values give one line naming the field, for validate and run alike,
+    and nothing is written."""
+    path = write_scenario(tmp_path, tiny())
+    expect_error(invoke("run", path, "--out", tmp_path / "out", "-q", "--set", assignment),
+                 needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_limits_are_overridable_in_the_scenario_and_with_no_limits(tmp_path: Path) -> None:
+    """A run over a default limit passes with a raised ``limits`` key or ``--no-limits``."""
+    path = write_scenario(tmp_path, tiny())
+    small = "limits={max_requests: 10}"
+    expect_error(invoke("run", path, "--out", tmp_path / "o1", "-q", "--set", small),
+                 "limits.max_requests", "above the limit 10")
+    assert invoke("run", path, "--out", tmp_path / "o2", "-q", "--set", small,
+                  "--no-limits").exit_code == 0
+    raised = tiny(limits={"max_requests": 10, "max_timeline_rows": 10**9})
+    raised["metrics"] = {"bucket_s": 1e-4}
+    bad = write_scenario(tmp_path, raised, "bad.yaml")
+    expect_error(invoke("validate", bad), "limits.max_requests")
+    assert invoke("validate", bad, "--no-limits").exit_code == 0
+
+
+def test_endless_scenario_file_is_one_line() -> None:
+    """``simlb validate /dev/zero`` reads a bounded amount and says so."""
+    expect_error(invoke("validate", "/dev/zero"), "/dev/zero", "larger than")
+
+
+def test_memory_error_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Running out of memory anyway prints one line (exit 1), no traceback."""
+    def exhausted(*args: Any, **kwargs: Any) -> Any:
+        raise MemoryError
+
+    monkeypatch.setattr("sim.app.simulate", exhausted)
+    result = invoke("run", write_scenario(tmp_path, tiny()), "--out", tmp_path / "o", "-q")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("simlb: out of memory")

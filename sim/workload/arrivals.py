@@ -81,6 +81,12 @@ class ArrivalProcess(abc.ABC):
         """Return ``E[N(0, duration_s)]``; exact for the stationary processes here."""
         return self.mean_rate_rps * duration_s
 
+    def expected_draws(self, duration_s: float) -> float:
+        """Random draws beyond one per arrival that sampling ``[0, duration_s)`` makes (MMPP
+        sojourns, periodic pieces): what bounds the cost of a sparse but finely modulated
+        process (``sim.limits``)."""
+        return 0.0
+
 
 @arrivals.register("poisson")
 class PoissonArrivals(ArrivalProcess):
@@ -136,8 +142,9 @@ class GammaArrivals(ArrivalProcess):
         """Parameters of ``gamma``."""
 
         rate_rps: float = Field(gt=0, description="arrival rate, requests per second")
-        cv: float = Field(gt=0, le=10, description="CV of the gaps; above 10 (shape < 0.01) "
-                          "numpy's gamma sampler underflows to zero too often")
+        cv: float = Field(ge=1e-3, le=10, description="CV of the gaps; above 10 (shape < "
+                          "0.01) numpy's gamma sampler underflows to zero too often; below "
+                          "0.001 (shape > 1e6) the gaps are constant to 6 digits anyway")
 
     def __init__(self, params: Params) -> None:
         self.params = params
@@ -246,6 +253,10 @@ class Mmpp2Arrivals(ArrivalProcess):
         start_s, end_s = start_s[keep], np.minimum(end_s[keep], duration_s)
         state = (first + np.arange(start_s.shape[0])) % 2
         return start_s, end_s - start_s, state
+
+    def expected_draws(self, duration_s: float) -> float:
+        """Expected sojourns in ``[0, duration_s)`` (two per mean cycle), plus a block."""
+        return 2.0 * duration_s / float(self._means_s.sum()) + 16.0
 
     @property
     def mean_rate_rps(self) -> float:
@@ -356,6 +367,13 @@ class PiecewiseArrivals(ArrivalProcess):
     def index_of_dispersion(self) -> float:
         """1: the count in any fixed window is Poisson."""
         return 1.0
+
+    def expected_draws(self, duration_s: float) -> float:
+        """Two per piece: whole periods are drawn per piece, the partial one piece by piece;
+        infinite when the number of periods does not fit the int64 period index."""
+        if duration_s / self._period_s >= 2.0**62:
+            return math.inf
+        return 2.0 * float(self._rates.shape[0])
 
     def expected_count(self, duration_s: float) -> float:
         """Return ``E[N(0, duration_s)]``, the integral of the rate, partial period included."""
