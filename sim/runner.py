@@ -24,6 +24,7 @@ from sim.model.requests import RequestTable
 from sim.model.router import Router
 from sim.rng import stream
 from sim.workload.base import Workload
+from sim.workload.replay import node_limits
 from sim.workload.spec import build_workload
 
 #: progress callback: (simulated seconds, horizon seconds, requests dispatched)
@@ -50,7 +51,8 @@ def workload_for(resolved: ResolvedScenario, replication: int) -> Workload:
     """The request stream of a replication (identical for every strategy)."""
     sc = resolved.scenario
     workload = build_workload(sc.workload, sc.duration_s, sc.seed + replication,
-                              base_dir=resolved.base_dir)
+                              base_dir=resolved.base_dir,
+                              limits=node_limits(resolved.node_specs))
     models = workload.extra.get("model")
     if models is not None:
         field = "workload.trace" if sc.workload.trace is not None else "workload.models"
@@ -81,7 +83,8 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
     _book_unfinished(cluster, table, env.now)
     data = _run_data(resolved, cluster, table, recorder, env.now, router)
     return RunResult(label=choice.label, strategy=choice.spec.name, replication=replication,
-                     seed=seed, summary=summarize(data), requests=data.requests,
+                     seed=seed, summary={**summarize(data), "input": workload.accounting},
+                     requests=data.requests,
                      node_states=data.states, timeline=timeline(data, sc.metrics.bucket_s),
                      wall_s=wall,
                      events=_events_scheduled(env))

@@ -49,7 +49,7 @@ def test_plain_replay_keeps_every_request(fmt: str) -> None:
     assert w.arrival_s[0] == 0.0
     assert np.allclose(w.arrival_s, raw.time_s[kept] - raw.time_s[kept][0])
     assert np.array_equal(w.prompt_tokens, raw.prompt_tokens[kept])
-    assert int(w.max_output_tokens[0]) == int(raw.output_tokens.max())
+    assert np.array_equal(w.max_output_tokens, w.output_tokens)  # output_cap: own
     assert w.source.startswith(f"trace({fmt}: ")
 
 
@@ -152,16 +152,24 @@ def test_zero_token_policies(tmp_path: Path) -> None:
     assert one.prompt_tokens.tolist() == [5, 1, 3] and one.output_tokens.tolist() == [1, 4, 3]
 
 
-def test_max_output_tokens_default_and_cut(caplog: pytest.LogCaptureFixture) -> None:
-    """The cap defaults to the largest output; a smaller cap cuts outputs and says so."""
+def test_output_cap_own_max_and_number(caplog: pytest.LogCaptureFixture) -> None:
+    """The cap defaults to each request's own output (what a replaying client sends); ``max``
+    is the trace's largest output; a number cuts larger outputs, counts and says so."""
     raw = table()
-    assert int(replay().max_output_tokens.max()) == int(raw.output_tokens.max())
-    with caplog.at_level(logging.WARNING, logger="sim.workload.replay"):
-        w = replay(max_output_tokens=100)
+    own = replay()
+    assert np.array_equal(own.max_output_tokens, own.output_tokens)
+    assert own.accounting["capped"] == 0 and own.accounting["output_cap"] == "own"
+    assert bool(np.all(replay(output_cap="max").max_output_tokens == raw.output_tokens.max()))
     over = int((raw.output_tokens > 100).sum())
-    assert int(w.output_tokens.max()) == 100 and bool(np.all(w.max_output_tokens == 100))
-    assert f"{over} outputs cut to max_output_tokens=100" in w.source
+    for options in ({"output_cap": 100}, {"max_output_tokens": 100}):
+        with caplog.at_level(logging.WARNING, logger="sim.workload.replay"):
+            w = replay(**options)
+        assert int(w.output_tokens.max()) == 100 and bool(np.all(w.max_output_tokens == 100))
+        assert f"{over} outputs cut to output_cap=100" in w.source
+        assert w.accounting["capped"] == over
     assert f"{over} of 400 outputs cut" in caplog.text
+    with pytest.raises(ValidationError, match="at most one of output_cap and max_output"):
+        TraceSpec(format="azure", path="x", output_cap=5, max_output_tokens=5)
 
 
 def test_unsorted_sorted_with_count_or_strict(tmp_path: Path,

@@ -21,6 +21,7 @@ turn ``k``'s prompt and answer, hits the blocks turn ``k`` left in the cache.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,10 @@ class Workload:
         output_key: int64, path-unique key of the generated tokens, or ``-1``.
         expected_rate_rps: the analytic long-run request rate of the generating process.
         source: a short description of where the requests came from (generator names, trace).
+        extra: further per-request columns (``model``, ``sheddable``).
+        accounting: what became of the input (``summary.json``'s ``input`` block): for a
+            trace its row count, the requests replayed, every drop by reason, and the
+            outputs capped and prompts trimmed (``sim.workload.replay``); JSON types only.
     """
 
     arrival_s: np.ndarray
@@ -65,6 +70,7 @@ class Workload:
     expected_rate_rps: float
     source: str = ""
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    accounting: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.arrival_s.shape[0])

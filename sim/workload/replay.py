@@ -8,15 +8,27 @@ Steps, in order (``TraceSpec`` documents each option):
 4. stable sort by timestamp; unsorted rows are counted in a warning, or an error with
    ``strict``;
 5. offsets from the first request; ``jitter_within_s`` spreads each request uniformly inside
-   its bucket (seeded from ``(seed, "workload", "trace")``);
+   its bucket (seeded from ``(seed, "workload", "trace")``; ``auto``: the trace's timestamp
+   grid, ``sim.workload.trace_stats.timestamp_grid_s``);
 6. the window ``[start_offset_s, start_offset_s + duration_s)``, then ``max_requests``; offsets
    restart at the first request kept;
 7. time scaling (``time_scale`` or ``target_rate_rps``);
    (``prompt_scale`` then shrinks prompts, hashed blocks included);
 8. ``loop`` repeats the result (period: span + one mean gap) to fill the scenario's duration;
    each copy gets its own segment keys, sessions and groups;
-9. requests at or after the scenario's ``duration_s`` are dropped; outputs above
-   ``max_output_tokens`` are cut to it.
+9. requests at or after the scenario's ``duration_s`` are dropped;
+10. ``output_cap`` sets each request's ``max_output_tokens`` (its own output, the trace's
+    largest, or a number that cuts larger outputs);
+11. with the nodes' context limits known (``node_limits``), a request whose prompt plus cap
+    exceeds the context of the nodes that serve its model is trimmed (``over_context: trim``:
+    the prompt's end is cut, at least 1 token left) or left for the nodes to reject.
+
+Nothing is lost without a count: ``Workload.accounting`` (``summary.json``'s ``input`` block)
+holds the trace's row count, the rows replayed, every drop by reason (all reasons always
+present), the outputs capped, the prompts trimmed and the requests still beyond the context;
+``trace_rows == replayed_rows + sum(dropped.values())`` always holds (``replayed`` counts the
+loop's copies too). ``expected_losses`` computes the block for a resolved scenario, as
+``simlb validate`` needs, and ``loss_lines`` words it.
 
 Prompt segments: a trace with block hashes (Mooncake ``hash_ids``: block ``j`` covers tokens
 ``[512 j, 512 (j + 1))``) becomes one segment per block with a *chained* key, the dense id of
@@ -31,6 +43,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,28 +53,52 @@ from sim.rng import stream
 from sim.workload.base import MAX_SEGMENT_KEY, Workload
 from sim.workload.prefixes import concat_ranges, take_requests
 from sim.workload.trace_readers import TraceTable
+from sim.workload.trace_stats import timestamp_grid_s
 from sim.workload.traces import TraceSpec
+
+if TYPE_CHECKING:
+    from sim.build import ResolvedScenario
+    from sim.model.cluster import NodeSpec
 
 logger = logging.getLogger(__name__)
 
 #: Largest number of requests ``loop`` may produce.
 MAX_LOOP_REQUESTS = 100_000_000
 FIELD = "workload.trace"
+#: Drop reasons of the ``input.dropped`` block, in the order the replay applies them.
+DROP_REASONS = ("failed", "unmapped_model", "zero_tokens", "before_window", "after_window",
+                "max_requests", "after_duration")
+#: (model a node serves, "" for any; longest prompt + max_output_tokens it accepts), per node
+NodeLimits = Sequence[tuple[str, int]]
 
 
-def replay(table: TraceTable, spec: TraceSpec, duration_s: float | None,
-           seed: int) -> Workload:
-    """Turn ``table`` into a validated ``Workload`` (see the module docstring for the steps)."""
+def replay(table: TraceTable, spec: TraceSpec, duration_s: float | None, seed: int,
+           limits: NodeLimits | None = None) -> Workload:
+    """Turn ``table`` into a validated ``Workload`` (see the module docstring for the steps).
+
+    Args:
+        table: the trace, as read.
+        spec: the replay options.
+        duration_s: the scenario's duration (``None``: no bound, ``loop`` ignored).
+        seed: root seed of the jitter draw (the scenario's seed plus the replication).
+        limits: the nodes' context limits (``node_limits``); ``None``: unknown, so nothing is
+            trimmed and ``over_context`` is not counted.
+    """
     notes: list[str] = []
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    changed = {"failed_kept": 0, "raised_to_one": 0}
     rows = np.arange(len(table), dtype=np.int64)
     output = table.output_tokens.copy()
-    rows, output = _failed(table, spec, rows, output, notes)
-    rows, models = _models(table, spec, rows, notes)
+    rows, output = _failed(table, spec, rows, output, notes, dropped, changed)
+    rows, models = _models(table, spec, rows, notes, dropped)
     rows, prompt, output = _zero_tokens(table, spec, rows, table.prompt_tokens[rows],
-                                        output[rows], notes)
+                                        output[rows], notes, dropped, changed)
     order, time_s = _sorted(table, spec, rows, notes)
-    time_s = _jitter(spec, time_s - time_s[0], seed)
-    keep, time_s = _window(spec, time_s)
+    offsets = time_s - time_s[0]
+    grid = timestamp_grid_s(offsets)
+    width = grid if spec.jitter_within_s == "auto" else spec.jitter_within_s
+    time_s = _jitter(width, offsets, seed)
+    keep, time_s = _window(spec, time_s, dropped)
     pick = order[keep]
     scale = _scale_factor(spec, time_s)
     arrival_s = time_s / scale
@@ -68,17 +106,30 @@ def replay(table: TraceTable, spec: TraceSpec, duration_s: float | None,
                           None if models is None else models[pick])
     if scale != 1.0:
         notes.append(f"time scaled by 1/{scale:.6g}")
-    workload = _fill(base, spec, duration_s, notes)
-    workload = _cap_outputs(workload, spec, notes)
+    workload, copies = _fill(base, spec, duration_s, notes)
+    replayed_rows = len(base) if duration_s is None else int(
+        (base.arrival_s < duration_s).sum())
+    dropped["after_duration"] = len(base) - replayed_rows
+    workload, capped = _cap_outputs(workload, spec, notes)
+    workload, context = fit_context(workload, spec.over_context, limits, notes)
     source = f"trace({spec.format}: {table.path}; {len(table)} records read"
     extra = "".join(f"; {n}" for n in notes)
-    workload = _replace(workload, source=f"{source}, {len(workload)} replayed{extra})")
+    accounting: dict[str, Any] = {
+        "kind": "trace", "format": spec.format, "path": str(table.path),
+        "trace_rows": len(table), "replayed_rows": replayed_rows, "replayed": len(workload),
+        "loop_copies": copies, "dropped": dropped, "dropped_total": sum(dropped.values()),
+        **changed, "output_cap": spec.cap, "capped": capped, **context,
+        "timestamp_grid_s": grid, "jitter_s": width,
+        "replications_identical": width is None}
+    workload = _replace(workload, source=f"{source}, {len(workload)} replayed{extra})",
+                        accounting=accounting)
     workload.validate()
     return workload
 
 
 def _failed(table: TraceTable, spec: TraceSpec, rows: np.ndarray, output: np.ndarray,
-            notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+            notes: list[str], dropped: dict[str, int],
+            changed: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
     if not table.layout.failed_when_no_output:
         return rows, output
     failed = output == 0
@@ -87,13 +138,15 @@ def _failed(table: TraceTable, spec: TraceSpec, rows: np.ndarray, output: np.nda
         return rows, output
     if spec.keep_failed:
         notes.append(f"{count} failed requests kept with 1 output token")
+        changed["failed_kept"] = count
         return rows, np.where(failed, 1, output)
     notes.append(f"{count} failed requests dropped")
+    dropped["failed"] = count
     return rows[~failed], output
 
 
-def _models(table: TraceTable, spec: TraceSpec, rows: np.ndarray,
-            notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+def _models(table: TraceTable, spec: TraceSpec, rows: np.ndarray, notes: list[str],
+            dropped: dict[str, int]) -> tuple[np.ndarray, np.ndarray | None]:
     """Return the rows kept and each one's (mapped) model name, or ``None`` without models."""
     if table.model_code is None:
         return rows, None
@@ -105,17 +158,19 @@ def _models(table: TraceTable, spec: TraceSpec, rows: np.ndarray,
                                 f"to a served model, or to null to drop its requests "
                                 f"(trace models: {names})", field=f"{FIELD}.model_map")
         names = [spec.model_map[n] for n in names]  # type: ignore[misc]
-    dropped = np.array([n is None for n in names] + [False], dtype=bool)
+    unmapped = np.array([n is None for n in names] + [False], dtype=bool)
     codes = table.model_code[rows]
-    gone = dropped[codes]
+    gone = unmapped[codes]
     if gone.any():
         notes.append(f"{int(gone.sum())} requests of unmapped models dropped")
+        dropped["unmapped_model"] = int(gone.sum())
     lookup = np.array([n or "" for n in names] + [""], dtype=str)
     return rows[~gone], lookup[codes[~gone]]
 
 
 def _zero_tokens(table: TraceTable, spec: TraceSpec, rows: np.ndarray, prompt: np.ndarray,
-                 output: np.ndarray, notes: list[str]) -> tuple[np.ndarray, ...]:
+                 output: np.ndarray, notes: list[str], dropped: dict[str, int],
+                 changed: dict[str, int]) -> tuple[np.ndarray, ...]:
     zero = (prompt == 0) | (output == 0)
     if not zero.any():
         return rows, prompt, output
@@ -128,8 +183,10 @@ def _zero_tokens(table: TraceTable, spec: TraceSpec, rows: np.ndarray, prompt: n
     count = int(zero.sum())
     if spec.zero_tokens == "drop":
         notes.append(f"{count} requests with 0 tokens dropped")
+        dropped["zero_tokens"] = count
         return rows[~zero], prompt[~zero], output[~zero]
     notes.append(f"{count} requests with 0 tokens raised to 1")
+    changed["raised_to_one"] = count
     return rows, np.maximum(prompt, 1), np.maximum(output, 1)
 
 
@@ -154,26 +211,29 @@ def _sorted(table: TraceTable, spec: TraceSpec, rows: np.ndarray,
     return order, time_s[order]
 
 
-def _jitter(spec: TraceSpec, time_s: np.ndarray, seed: int) -> np.ndarray:
-    """Spread each request uniformly inside its ``jitter_within_s`` bucket (order kept)."""
-    width = spec.jitter_within_s
+def _jitter(width: float | None, time_s: np.ndarray, seed: int) -> np.ndarray:
+    """Spread each request uniformly inside its ``width``-second bucket (order kept)."""
     if width is None:
         return time_s
     u = stream(seed, "workload", "trace").random(time_s.shape[0])
     # Sorting the jittered times inside each bucket keeps the requests' order (and so every
     # other column aligned) while giving the same set of times as jittering each one.
-    bucket = np.floor(time_s / width)
+    bucket = np.floor(time_s / width + 1e-9)  # a time on the grid opens its bucket
     jittered = (bucket + u) * width
     order = np.lexsort((jittered, bucket))
     return jittered[order]
 
 
-def _window(spec: TraceSpec, time_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _window(spec: TraceSpec, time_s: np.ndarray,
+            dropped: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
     """Return the indices kept by the window and ``max_requests``, and their offsets."""
     start = spec.start_offset_s
     end = math.inf if spec.duration_s is None else start + spec.duration_s
     keep = np.flatnonzero((time_s >= start) & (time_s < end))
+    dropped["before_window"] = int((time_s < start).sum())
+    dropped["after_window"] = int((time_s >= end).sum())
     if spec.max_requests is not None:
+        dropped["max_requests"] = max(keep.shape[0] - spec.max_requests, 0)
         keep = keep[: spec.max_requests]
     if keep.shape[0] == 0:
         raise ScenarioError(f"no request in the window [{start:g}, {end:g}) s; the trace spans "
@@ -335,10 +395,11 @@ def _dense(values: np.ndarray) -> np.ndarray:
 
 
 def _fill(base: Workload, spec: TraceSpec, duration_s: float | None,
-          notes: list[str]) -> Workload:
-    """Repeat ``base`` when ``loop`` is set, then drop requests at or after ``duration_s``."""
+          notes: list[str]) -> tuple[Workload, int]:
+    """Repeat ``base`` when ``loop`` is set, then drop requests at or after ``duration_s``;
+    return the result and the number of copies."""
     if duration_s is None:
-        return base
+        return base, 1
     n = len(base)
     copies = 1
     if spec.loop:
@@ -360,7 +421,7 @@ def _fill(base: Workload, spec: TraceSpec, duration_s: float | None,
         if not spec.loop:
             notes.append(f"{cut} requests at or after duration_s={duration_s:g} dropped")
         base = _take(base, np.flatnonzero(keep))
-    return base
+    return base, copies
 
 
 def _repeat(w: Workload, copies: int, period_s: float) -> Workload:
@@ -401,18 +462,144 @@ def _take(w: Workload, index: np.ndarray) -> Workload:
                     **{c: getattr(w, c)[index] for c in cols})
 
 
-def _cap_outputs(w: Workload, spec: TraceSpec, notes: list[str]) -> Workload:
-    """Set ``max_output_tokens`` (default: the largest output) and cut outputs above it."""
-    largest = int(w.output_tokens.max(initial=1))
-    cap = spec.max_output_tokens if spec.max_output_tokens is not None else largest
-    over = int((w.output_tokens > cap).sum())
-    if over:
-        logger.warning("%d of %d outputs cut to max_output_tokens=%d", over, len(w), cap)
-        notes.append(f"{over} outputs cut to max_output_tokens={cap}")
+def _cap_outputs(w: Workload, spec: TraceSpec, notes: list[str]) -> tuple[Workload, int]:
+    """Set ``max_output_tokens`` from ``output_cap``, cut outputs above a fixed cap; return
+    the workload and the number of outputs cut."""
+    cap = spec.cap
     n = len(w)
     rate = (n - 1) / float(w.arrival_s[-1]) if n > 1 and w.arrival_s[-1] > 0 else float("nan")
-    return _replace(w, output_tokens=np.minimum(w.output_tokens, cap),
-                    max_output_tokens=np.full(n, cap, dtype=np.int64), expected_rate_rps=rate)
+    if cap == "own":
+        return _replace(w, max_output_tokens=w.output_tokens.copy(), expected_rate_rps=rate), 0
+    limit = int(w.output_tokens.max(initial=1)) if cap == "max" else int(cap)
+    over = int((w.output_tokens > limit).sum())
+    if over:
+        logger.warning("%d of %d outputs cut to output_cap=%d", over, n, limit)
+        notes.append(f"{over} outputs cut to output_cap={limit}")
+    return _replace(w, output_tokens=np.minimum(w.output_tokens, limit),
+                    max_output_tokens=np.full(n, limit, dtype=np.int64),
+                    expected_rate_rps=rate), over
+
+
+def node_limits(specs: Sequence[NodeSpec]) -> tuple[tuple[str, int], ...]:
+    """Each node's model and context limit: the longest prompt + ``max_output_tokens`` it
+    accepts (``max_model_len``, the KV cache, and the batch budget without chunked prefill;
+    as ``sim.model.batcher.ContinuousBatcher`` computes it)."""
+    out = []
+    for spec in specs:
+        limit = spec.kv_total_blocks * spec.block_size
+        cfg = spec.batcher
+        if cfg.max_model_len is not None:
+            limit = min(limit, cfg.max_model_len)
+        if not cfg.chunked_prefill:
+            limit = min(limit, cfg.max_num_batched_tokens)
+        out.append((spec.model, int(limit)))
+    return tuple(out)
+
+
+def request_limits(w: Workload, limits: NodeLimits) -> np.ndarray:
+    """Per request, the smallest context of the nodes that serve its model (all nodes for a
+    request naming no model, or one no node names), so it fits wherever it is routed."""
+    everywhere = min(limit for _, limit in limits)
+    out = np.full(len(w), everywhere, dtype=np.int64)
+    models = w.extra.get("model")
+    if models is None:
+        return out
+    for model in np.unique(models):
+        served = [limit for name, limit in limits if name in ("", model)]
+        out[models == model] = min(served) if served else everywhere
+    return out
+
+
+def fit_context(w: Workload, policy: str, limits: NodeLimits | None,
+                notes: list[str]) -> tuple[Workload, dict[str, Any]]:
+    """Trim (``policy == "trim"``) or count the requests whose prompt + cap exceeds their
+    context; return the workload and the ``input`` keys that say what happened."""
+    out: dict[str, Any] = {"over_context_policy": policy, "context_tokens": None,
+                           "trimmed": 0, "trimmed_prompt_tokens": 0, "over_context": 0,
+                           "over_context_prompt_tokens": 0}
+    if not limits or len(w) == 0:
+        return w, out
+    context = request_limits(w, limits)
+    out["context_tokens"] = int(context.min())
+    over = w.prompt_tokens + w.max_output_tokens > context
+    if policy == "trim" and over.any():
+        target = np.where(over, np.maximum(context - w.max_output_tokens, 1), w.prompt_tokens)
+        trimmed = target < w.prompt_tokens
+        out["trimmed"] = int(trimmed.sum())
+        out["trimmed_prompt_tokens"] = int((w.prompt_tokens - target).sum())
+        w = trim_prompts(w, target)
+        notes.append(f"{out['trimmed']} prompts trimmed to fit the context")
+        over = w.prompt_tokens + w.max_output_tokens > context
+    count = int(over.sum())
+    out["over_context"] = count
+    out["over_context_prompt_tokens"] = int(w.prompt_tokens[over].sum())
+    if count:
+        logger.warning("%d of %d requests exceed the context (prompt + max_output_tokens > "
+                       "%d tokens); the nodes reject them", count, len(w), int(context.min()))
+        notes.append(f"{count} requests beyond the context (rejected by the nodes)")
+    return w, out
+
+
+def trim_prompts(w: Workload, target: np.ndarray) -> Workload:
+    """Cut each prompt to ``target[i] <= prompt_tokens[i]`` tokens (>= 1) from its end,
+    segments included (a cut segment keeps its key: its first tokens are still shared)."""
+    counts = np.diff(w.seg_ptr)
+    request = np.repeat(np.arange(len(w), dtype=np.int64), counts)
+    ends = np.cumsum(w.seg_len)
+    starts = ends - w.seg_len
+    starts -= np.repeat(starts[w.seg_ptr[:-1]], counts)  # offset inside the request
+    keep = starts < target[request]
+    seg_len = np.minimum(w.seg_len, target[request] - starts)[keep]
+    seg_ptr = np.zeros(len(w) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(request[keep], minlength=len(w)), out=seg_ptr[1:])
+    return _replace(w, prompt_tokens=target.astype(np.int64), seg_ptr=seg_ptr,
+                    seg_key=w.seg_key[keep], seg_len=seg_len)
+
+
+def expected_losses(resolved: ResolvedScenario, replication: int = 0) -> dict[str, Any]:
+    """The ``input`` block a run of ``resolved`` will write (replication ``replication``):
+    rows, drops by reason, outputs capped, prompts trimmed, requests beyond the context.
+
+    Builds the workload as a run does (for a trace: reads the whole file and replays it).
+
+    Raises:
+        ScenarioError, TraceError: as building the workload does.
+    """
+    from sim.workload.spec import build_workload
+
+    sc = resolved.scenario
+    workload = build_workload(sc.workload, sc.duration_s, sc.seed + replication,
+                              base_dir=resolved.base_dir,
+                              limits=node_limits(resolved.node_specs))
+    return workload.accounting
+
+
+def loss_lines(accounting: dict[str, Any], replications: int = 1) -> list[str]:
+    """One warning line per kind of loss in an ``input`` block (empty when nothing is lost)."""
+    lines = []
+    dropped = {k: v for k, v in accounting.get("dropped", {}).items() if v}
+    if dropped:
+        why = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in dropped.items())
+        lines.append(f"{sum(dropped.values()):,} of {accounting['trace_rows']:,} trace rows "
+                     f"will not be replayed ({why})")
+    if accounting.get("capped"):
+        lines.append(f"{accounting['capped']:,} outputs will be cut to output_cap="
+                     f"{accounting.get('output_cap')}")
+    if accounting.get("trimmed"):
+        lines.append(f"{accounting['trimmed']:,} prompts will be trimmed by "
+                     f"{accounting['trimmed_prompt_tokens']:,} tokens in all to fit the "
+                     f"{accounting['context_tokens']:,}-token context")
+    if accounting.get("over_context"):
+        hint = ("set workload.trace.over_context: trim, or prompt_scale"
+                if accounting.get("kind") == "trace" else "shorten the prompts or the cap")
+        lines.append(f"{accounting['over_context']:,} requests exceed the "
+                     f"{accounting['context_tokens']:,}-token context (prompt + "
+                     f"max_output_tokens) and will be rejected; {hint}")
+    if replications > 1 and accounting.get("replications_identical"):
+        lines.append(f"the {replications} replications replay identical requests; set "
+                     "workload.trace.jitter_within_s (auto or a width) to vary them, or "
+                     "read the replications as one run")
+    return lines
 
 
 def _replace(w: Workload, **changes: object) -> Workload:

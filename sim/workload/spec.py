@@ -34,8 +34,9 @@ from sim.workload.arrivals import ArrivalProcess, arrivals
 from sim.workload.base import Workload
 from sim.workload.lengths import LengthDistribution, lengths
 from sim.workload.prefixes import prefix_segments, prefixes, take_requests
+from sim.workload.replay import NodeLimits, fit_context
 from sim.workload.sessions import MultiTurn, sessions
-from sim.workload.traces import TraceSpec, check_trace, trace_workload
+from sim.workload.traces import TraceSpec, check_trace, read_trace
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +209,8 @@ def check_workload_spec(spec: WorkloadSpec, path: str = "workload", *,
 
 
 def build_workload(spec: WorkloadSpec, duration_s: float, seed: int, *,
-                   base_dir: Path | None = None) -> Workload:
+                   base_dir: Path | None = None,
+                   limits: NodeLimits | None = None) -> Workload:
     """Draw (or replay) the requests arriving in ``[0, duration_s)`` for root seed ``seed``.
 
     Args:
@@ -216,6 +218,9 @@ def build_workload(spec: WorkloadSpec, duration_s: float, seed: int, *,
         duration_s: the scenario's duration; a replayed trace is cut (or looped) to it too.
         seed: root seed of the named streams.
         base_dir: the scenario file's folder, which a relative trace path starts from.
+        limits: the nodes' models and context limits (``sim.workload.replay.node_limits``):
+            requests beyond their context are counted (a trace's ``over_context: trim``
+            trims them); ``None``: not counted.
 
     Returns:
         A validated ``Workload`` sorted by arrival time (stable, segments permuted with the
@@ -231,7 +236,11 @@ def build_workload(spec: WorkloadSpec, duration_s: float, seed: int, *,
         if not (math.isfinite(duration_s) and duration_s >= 0) or seed < 0:
             raise ValueError(f"need a finite duration_s >= 0 and a seed >= 0, got "
                              f"{duration_s}, {seed}")
-        return _request_mix(spec, trace_workload(spec.trace, duration_s, seed, base_dir), seed)
+        from sim.workload.replay import replay
+
+        table = read_trace(spec.trace, base_dir)
+        return _identical(spec, _request_mix(
+            spec, replay(table, spec.trace, duration_s, seed, limits), seed))
     parts = _resolve(spec, "workload")
     starts_s = parts.arrivals.sample(stream(seed, "workload", "arrivals"), duration_s)
     if parts.sessions is None:
@@ -248,8 +257,19 @@ def build_workload(spec: WorkloadSpec, duration_s: float, seed: int, *,
     workload = _sort_by_arrival(dataclasses.replace(workload, expected_rate_rps=rate,
                                                     source=source))
     workload = _request_mix(spec, workload, seed)
+    workload, context = fit_context(workload, "reject", limits, [])
+    accounting = {"kind": "synthetic", "replayed": len(workload), **workload.accounting,
+                  **context, "replications_identical": False}
+    workload = dataclasses.replace(workload, accounting=accounting)
     workload.validate()
     return workload
+
+
+def _identical(spec: WorkloadSpec, w: Workload) -> Workload:
+    """A replay whose sheddable marks are drawn differs between replications too."""
+    if not spec.sheddable_fraction or not w.accounting.get("replications_identical"):
+        return w
+    return dataclasses.replace(w, accounting={**w.accounting, "replications_identical": False})
 
 
 def _request_mix(spec: WorkloadSpec, w: Workload, seed: int) -> Workload:
@@ -275,16 +295,16 @@ def _request_mix(spec: WorkloadSpec, w: Workload, seed: int) -> Workload:
     return dataclasses.replace(w, extra=extra)
 
 
-def _outputs(parts: _Parts, n: int, seed: int) -> tuple[np.ndarray, str]:
-    """Draw ``n`` output lengths; cut any above the cap and say so."""
+def _outputs(parts: _Parts, n: int, seed: int) -> tuple[np.ndarray, str, dict[str, int]]:
+    """Draw ``n`` output lengths; cut any above the cap and say so (and count them)."""
     out = parts.output.sample(stream(seed, "workload", "output_tokens"), n)
     over = int(np.count_nonzero(out > parts.max_output_tokens))
     if not over:
-        return out, ""
+        return out, "", {"capped": 0}
     logger.warning("%d of %d outputs cut to max_output_tokens=%d", over, n,
                    parts.max_output_tokens)
     note = f"; {over} outputs cut to max_output_tokens={parts.max_output_tokens}"
-    return np.minimum(out, parts.max_output_tokens), note
+    return np.minimum(out, parts.max_output_tokens), note, {"capped": over}
 
 
 def _groups(parts: _Parts, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -307,7 +327,7 @@ def _single_turn(parts: _Parts, arrival_s: np.ndarray, seed: int) -> Workload:
     """One request per arrival: optional group prefix, then unique content."""
     n = arrival_s.shape[0]
     own = parts.prompt.sample(stream(seed, "workload", "prompt_tokens"), n)
-    out, note = _outputs(parts, n, seed)
+    out, note, capped = _outputs(parts, n, seed)
     group, prefix_tokens, _ = _groups(parts, n, seed)
     seg_ptr, seg_key, seg_len = prefix_segments(group, own, prefix_tokens[group >= 0])
     return Workload(
@@ -315,7 +335,7 @@ def _single_turn(parts: _Parts, arrival_s: np.ndarray, seed: int) -> Workload:
         output_tokens=out, max_output_tokens=np.full(n, parts.max_output_tokens, np.int64),
         session_id=np.full(n, -1, dtype=np.int64), prefix_group=group, seg_ptr=seg_ptr,
         seg_key=seg_key, seg_len=seg_len, output_key=np.full(n, -1, dtype=np.int64),
-        expected_rate_rps=float("nan"), source=note)
+        expected_rate_rps=float("nan"), source=note, accounting=capped)
 
 
 def _multi_turn(parts: _Parts, session_model: MultiTurn, starts_s: np.ndarray,
@@ -325,7 +345,7 @@ def _multi_turn(parts: _Parts, session_model: MultiTurn, starts_s: np.ndarray,
         stream(seed, "workload", "sessions"), starts_s, duration_s)
     n = arrival_s.shape[0]
     message = parts.prompt.sample(stream(seed, "workload", "prompt_tokens"), n)
-    out, note = _outputs(parts, n, seed)
+    out, note, capped = _outputs(parts, n, seed)
     group, prefix_tokens, first_key = _groups(parts, starts_s.shape[0], seed)
     # per-carrier prefix lengths, in carrier order (SessionSegments assigns them in that order)
     segs = session_model.segments(session, turn, message, out, group,
@@ -335,7 +355,7 @@ def _multi_turn(parts: _Parts, session_model: MultiTurn, starts_s: np.ndarray,
         max_output_tokens=np.full(n, parts.max_output_tokens, np.int64), session_id=session,
         prefix_group=group[session], seg_ptr=segs.seg_ptr, seg_key=segs.seg_key,
         seg_len=segs.seg_len, output_key=segs.output_key, expected_rate_rps=float("nan"),
-        source=note)
+        source=note, accounting=capped)
 
 
 def _sort_by_arrival(w: Workload) -> Workload:

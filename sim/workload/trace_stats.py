@@ -13,6 +13,11 @@ Pure functions over a ``Workload``, so they describe a replayed trace and a synt
   aligned ``w``-second windows (1 for Poisson, above 1 for bursty traffic; ``nan`` with fewer
   than two windows);
 * length summaries: mean, p50, p90, p99 (numpy's linear interpolation) and max;
+* timestamp rounding: the grid the arrival offsets lie on (the greatest common divisor of
+  the offsets in whole microseconds; ``None`` when finer than ``MIN_GRID_S``, i.e. continuous
+  timestamps), and the share of requests arriving at exactly the same instant as another. A
+  coarse grid (BurstGPT: 1 s) makes replications of a replay identical unless
+  ``workload.trace.jitter_within_s`` (a width, or ``auto`` for this grid) spreads arrivals;
 * prefix reuse, for workloads whose prompts carry shareable segments (a trace with block
   hashes): each prompt is cut into ``block_tokens`` blocks (the last may be partial), a block's
   id is that of its content and everything before it, and a block is *reused* when its id was
@@ -37,6 +42,11 @@ from sim.workload.base import OFFSET_BITS, Workload
 #: Window widths of the peak-rate and dispersion figures, seconds.
 PEAK_WINDOWS_S = (60.0, 10.0)
 DISPERSION_WINDOWS_S = (1.0, 10.0, 60.0)
+#: Finest timestamp grid reported as rounding, seconds (finer is taken as continuous).
+MIN_GRID_S = 1e-3
+#: What ``trace stats`` says about a grid; formatted with the grid in seconds.
+JITTER_HINT = ("timestamps lie on a {grid:g}-s grid: replications of a replay are identical "
+               "unless workload.trace.jitter_within_s spreads arrivals (auto or {grid:g})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,16 @@ class PrefixReuse:
 
 
 @dataclass(frozen=True, slots=True)
+class TimestampRounding:
+    """The grid arrival offsets lie on (``None``: continuous) and the share of requests that
+    arrive at the same instant as another (see the module docstring)."""
+
+    grid_s: float | None
+    simultaneous_share: float
+    hint: str
+
+
+@dataclass(frozen=True, slots=True)
 class TraceStats:
     """The statistics ``simlb trace stats`` reports; ``to_dict`` gives them as JSON types."""
 
@@ -74,6 +94,7 @@ class TraceStats:
     prompt_tokens: LengthSummary
     output_tokens: LengthSummary
     prefix_reuse: PrefixReuse | None
+    timestamp_rounding: TimestampRounding | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (``nan`` kept as float('nan'))."""
@@ -86,6 +107,8 @@ class TraceStats:
         """
         out: dict[str, float] = {}
         for key, value in self.to_dict().items():
+            if key == "timestamp_rounding":
+                continue  # a property of the file's clock, not of the traffic
             if isinstance(value, dict):
                 out.update({f"{key}.{k}": v for k, v in value.items()
                             if k not in ("nodes", "seeds", "block_tokens")})
@@ -106,6 +129,34 @@ def window_counts(arrival_s: np.ndarray, window_s: float) -> np.ndarray:
     whole = math.floor(float(offset[-1]) / window_s)
     index = np.floor(offset / window_s).astype(np.int64)
     return np.bincount(index[index < whole], minlength=whole)
+
+
+def timestamp_grid_s(offsets: np.ndarray) -> float | None:
+    """The grid the arrival ``offsets`` (seconds from the first request) lie on: the greatest
+    common divisor of the offsets in whole microseconds; ``None`` when it is below
+    ``MIN_GRID_S`` or there is no second distinct time."""
+    micro = np.unique(np.rint(np.asarray(offsets, dtype=np.float64) * 1e6).astype(np.int64))
+    micro = micro[micro > 0]
+    if micro.shape[0] == 0:
+        return None
+    grid = int(np.gcd.reduce(micro)) / 1e6
+    return grid if grid >= MIN_GRID_S * (1 - 1e-9) else None
+
+
+def timestamp_rounding(arrival_s: np.ndarray) -> TimestampRounding:
+    """The timestamp grid, the share of simultaneous arrivals, and what to do about it."""
+    n = arrival_s.shape[0]
+    grid = timestamp_grid_s(arrival_s - arrival_s[0]) if n else None
+    same = np.zeros(n, dtype=bool)
+    if n > 1:
+        tie = np.diff(arrival_s) == 0
+        same[1:] |= tie
+        same[:-1] |= tie
+    share = float(same.mean()) if n else 0.0
+    hint = JITTER_HINT.format(grid=grid) if grid is not None else (
+        "timestamps finer than 1 ms: replications of a replay are identical (nothing to "
+        "jitter); the report should show n=1")
+    return TimestampRounding(grid_s=grid, simultaneous_share=share, hint=hint)
 
 
 def length_summary(values: np.ndarray) -> LengthSummary:
@@ -210,4 +261,5 @@ def trace_stats(w: Workload, *, nodes: int = 8, seeds: int = 5,
                              for x in DISPERSION_WINDOWS_S},
         prompt_tokens=length_summary(w.prompt_tokens),
         output_tokens=length_summary(w.output_tokens),
-        prefix_reuse=prefix_reuse(w, block_tokens=block_tokens, nodes=nodes, seeds=seeds))
+        prefix_reuse=prefix_reuse(w, block_tokens=block_tokens, nodes=nodes, seeds=seeds),
+        timestamp_rounding=timestamp_rounding(t))

@@ -66,12 +66,21 @@ class TraceSpec(StrictModel):
     requests of the window. Time scaling divides every offset by ``time_scale`` (a speed-up
     factor) or by the factor that makes the mean rate ``(n - 1) / span`` equal
     ``target_rate_rps``. ``jitter_within_s`` moves each request to a uniform point of its
-    ``jitter_within_s``-wide bucket (for traces rounded to whole seconds). The scenario's
+    ``jitter_within_s``-wide bucket (for traces rounded to whole seconds; ``auto``: the grid
+    the timestamps are rounded to, found from the trace, none when finer than 1 ms); the draw is
+    seeded by replication, so replications differ. The scenario's
     ``duration_s`` still bounds the replay: requests at or after it are dropped; with ``loop``
     the trace is repeated (period: its span plus one mean gap) to fill it. ``prompt_scale``
     shrinks prompts (rounded, at least 1 token; hashed blocks become
     ``hash_block_tokens * prompt_scale`` tokens, so the sharing structure is kept), for example
     to replay long-context traces on a model with a short context.
+
+    ``output_cap`` is the ``max_tokens`` each replayed request sends: ``own`` (default; what a
+    client replaying a trace sends: the request's own output), ``max`` (the trace's largest
+    output) or a number (outputs above it are cut to it, and counted). A request whose prompt
+    plus cap exceeds the context of the nodes serving it is rejected by them (``over_context:
+    reject``, vLLM's behaviour) or has its prompt's end trimmed to fit (``trim``); counted
+    either way (``sim.workload.replay``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -88,7 +97,9 @@ class TraceSpec(StrictModel):
     max_requests: int | None = Field(None, ge=1, description="keep the first N requests")
     time_scale: float | None = Field(None, gt=0, description="speed-up factor")
     target_rate_rps: float | None = Field(None, gt=0, description="rescale to this mean rate")
-    jitter_within_s: float | None = Field(None, gt=0, description="timestamp bucket width, s")
+    jitter_within_s: float | Literal["auto"] | None = Field(
+        None, description="timestamp bucket width, s, or auto (the trace's rounding grid); "
+                          "arrivals spread inside it, seeded by replication")
     loop: bool = Field(False, description="repeat the trace to fill the scenario's duration_s")
     model_map: dict[str, str | None] | None = Field(
         None, description="trace model name -> served model; null drops that model's requests")
@@ -100,13 +111,25 @@ class TraceSpec(StrictModel):
         None, gt=0, le=1, description="shrink every prompt by this factor (blocks of hashed "
                                       "traces too, so sharing is kept), e.g. for short-context "
                                       "models")
+    output_cap: Literal["own", "max"] | int = Field(
+        "own", description="max_tokens of each request: own (its own output), max (the "
+                           "trace's largest output) or a number (larger outputs cut to it)")
+    over_context: Literal["reject", "trim"] = Field(
+        "reject", description="prompt + cap beyond the context: rejected by the node (vLLM) "
+                              "or the prompt's end trimmed to fit; counted either way")
     max_output_tokens: int | None = Field(
-        None, ge=1, le=MAX_TOKENS, description="cap the router sees; default: the trace's "
-                                               "largest output; larger outputs are cut to it")
+        None, ge=1, le=MAX_TOKENS, description="older name of output_cap: <number>")
     strict: bool = Field(False, description="unsorted timestamps are an error, not sorted")
 
     @model_validator(mode="after")
     def _consistent(self) -> TraceSpec:
+        if isinstance(self.jitter_within_s, float | int) and self.jitter_within_s <= 0:
+            raise ValueError("jitter_within_s: expected a width > 0 s or 'auto'")
+        if isinstance(self.output_cap, int) and not 1 <= self.output_cap <= MAX_TOKENS:
+            raise ValueError(f"output_cap: expected own, max or 1..{MAX_TOKENS} tokens")
+        if self.max_output_tokens is not None and self.output_cap != "own":
+            raise ValueError("give at most one of output_cap and max_output_tokens (its older "
+                             "name)")
         if self.time_scale is not None and self.target_rate_rps is not None:
             raise ValueError("give at most one of time_scale and target_rate_rps")
         generic = self.format in GENERIC_FORMATS
@@ -128,6 +151,11 @@ class TraceSpec(StrictModel):
                 raise ValueError(f"prompt_scale * hash_block_tokens must be a whole number of "
                                  f"tokens, got {scaled:g}")
         return self
+
+    @property
+    def cap(self) -> Literal["own", "max"] | int:
+        """The effective ``output_cap`` (``max_output_tokens`` when given)."""
+        return self.max_output_tokens if self.max_output_tokens is not None else self.output_cap
 
     def layout(self) -> TraceLayout:
         """The file layout this spec reads."""
