@@ -67,8 +67,8 @@ def command(runs: tuple[Path, ...], profile: str, overrides: tuple[str, ...],
     try:
         results = evaluate(runs, profile, overrides, columns=columns,
                            engine=_engine_settings(engine), max_requests=max_requests,
-                           progress=None if as_json else
-                           (lambda p: err.print(f"replaying {p}", style="dim")))
+                           progress=(lambda p: err.print(f"replaying {p}", style="dim"))
+                           if err.is_terminal and not as_json else None)
     except InputError as exc:
         click.echo(" ".join(f"simlb: error: {exc}".splitlines()), err=True)
         sys.exit(2)
