@@ -1,0 +1,289 @@
+"""Read aiconfigurator-core's measured op tables and look shapes up in them.
+
+The PyPI package ``aiconfigurator-core`` (NVIDIA, Apache-2.0) ships per-GPU kernel latencies
+measured inside the serving engines: ``systems/data/<system>/<op>/<engine>/<version>/*.parquet``
+(every ``latency`` is milliseconds per kernel call) and one ``systems/<system>.yaml`` per GPU
+(datasheet memory, bandwidth, FLOP/s). Only the data files are read, with pandas/pyarrow; the
+package's compiled module is never imported.
+
+Lookup assumptions (all stated again in each derived profile's ``source.method``):
+
+* GEMM latency in the token count ``m`` is interpolated linearly in (log m, log latency)
+  between measured ``m``; each (n, k) curve is first made non-decreasing in ``m`` by isotonic
+  regression (the table holds ``m`` and ``m + 1`` pairs whose noise is up to ±30%).
+* Shapes between measured ``n`` or ``k`` are interpolated bilinearly in (log n, log k, log
+  latency). Beyond the measured range a dimension is scaled proportionally (a GEMM with twice the
+  columns does twice the FLOPs and reads twice the weights), counted in ``Tables.scaled``.
+* Beyond the largest measured ``m`` the latency grows proportionally to ``m`` (compute-bound).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from scipy.optimize import isotonic_regression
+
+from sim.errors import InputError
+
+ENGINE = "vllm"
+LICENCE = "Apache-2.0 (NVIDIA aiconfigurator-core, PyPI)"
+
+
+def package_root() -> Path:
+    """The installed ``aiconfigurator_core`` folder.
+
+    Raises:
+        InputError: the package is not installed (``pip install -e '.[calibrate]'``).
+    """
+    spec = importlib.util.find_spec("aiconfigurator_core")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("needs the aiconfigurator-core package: pip install -e '.[calibrate]'")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def package_version() -> str:
+    """The installed aiconfigurator-core version (from its distribution metadata)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("aiconfigurator-core")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def systems() -> list[str]:
+    """Systems (GPU kinds) that have vLLM GEMM data."""
+    data = package_root() / "systems" / "data"
+    return sorted(p.name for p in data.iterdir() if (p / "gemm" / ENGINE).is_dir())
+
+
+def engine_versions(system: str) -> list[str]:
+    """vLLM versions with both GEMM and attention tables for ``system``, oldest first."""
+    base = package_root() / "systems" / "data" / system
+    have = [set(_versions(base / op / ENGINE)) for op in ("gemm", "attention")]
+    return sorted(have[0] & have[1], key=_vkey)
+
+
+def _vkey(v: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else -1 for p in v.replace("rc", ".").split("."))
+
+
+def _versions(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted((p.name for p in folder.iterdir() if any(p.glob("*.parquet"))), key=_vkey)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@cache
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def _monotone_curve(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median per x, then least-squares non-decreasing in x (scipy isotonic regression)."""
+    s = pd.Series(y).groupby(x).median().sort_index()
+    return s.index.to_numpy(float), isotonic_regression(s.to_numpy(float)).x
+
+
+def _loglog(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Interpolate in (log x, log y); below x[0] flat, above x[-1] proportional to x."""
+    at = np.asarray(at, float)
+    inside = np.exp(np.interp(np.log(np.clip(at, x[0], x[-1])), np.log(x), np.log(y)))
+    return np.where(at > x[-1], y[-1] * at / x[-1], inside)
+
+
+def _bracket(grid: np.ndarray, v: float) -> tuple[float, float, float]:
+    """(lo, hi, weight of hi in log space) for ``v`` inside ``grid``; a grid edge if outside."""
+    if v <= grid[0]:
+        return grid[0], grid[0], 0.0
+    if v >= grid[-1]:
+        return grid[-1], grid[-1], 0.0
+    i = int(np.searchsorted(grid, v))
+    lo, hi = grid[i - 1], grid[i]
+    return lo, hi, float(np.log(v / lo) / np.log(hi / lo))
+
+
+@dataclass
+class Tables:
+    """The measured tables of one system and vLLM version, with lookup helpers.
+
+    ``used`` collects the files read (for ``source.data``); ``scaled`` and ``extrapolated``
+    record lookups outside the measured shapes (``fit_quality.lookups``).
+    """
+
+    system: str
+    version: str
+    used: set[Path] = field(default_factory=set)
+    scaled: dict[str, str] = field(default_factory=dict)
+    extrapolated: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base(self) -> Path:
+        return package_root() / "systems" / "data" / self.system
+
+    def file(self, op: str, name: str, version: str | None = None) -> Path:
+        path = self.base / op / ENGINE / (version or self.version) / name
+        if not path.is_file():
+            raise InputError(f"aiconfigurator-core has no {op}/{ENGINE}/{version or self.version}"
+                             f"/{name} for {self.system}")
+        self.used.add(path)
+        return path
+
+    def system_yaml(self) -> dict[str, Any]:
+        path = package_root() / "systems" / f"{self.system}.yaml"
+        self.used.add(path)
+        return yaml.safe_load(path.read_text())
+
+    # --- GEMM -------------------------------------------------------------------------------
+    def gemm_frame(self) -> pd.DataFrame:
+        df = _read(self.file("gemm", "gemm_perf.parquet"))
+        return df[(df.kernel_source == "torch.nn.functional.linear")
+                  & (df.gemm_dtype == "bfloat16")]
+
+    def device(self) -> str:
+        """The GPU's name as the tables record it (``torch.cuda.get_device_name``)."""
+        return str(self.gemm_frame().device.iloc[0])
+
+    def _gemm_curve(self, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return _gemm_curve(self.file("gemm", "gemm_perf.parquet"), int(n), int(k))
+
+    def gemm_ms(self, m: np.ndarray, n: int, k: int, label: str) -> np.ndarray:
+        """bf16 ``torch.nn.functional.linear`` latency (ms) of [m, k] x [k, n] at each m."""
+        df = self.gemm_frame()
+        ns, ks = np.sort(df.n.unique()).astype(float), np.sort(df.k.unique()).astype(float)
+        factor = 1.0
+        for dim, v, grid in (("n", n, ns), ("k", k, ks)):
+            if v > grid[-1]:
+                factor *= v / grid[-1]
+                self.scaled[f"{label}.{dim}"] = (f"{v} > measured {int(grid[-1])}: "
+                                                 f"x{v / grid[-1]:.3g}")
+            elif v < grid[0]:
+                self.scaled[f"{label}.{dim}"] = f"{v} < measured {int(grid[0])}: clamped up"
+        n0, n1, wn = _bracket(ns, n)
+        k0, k1, wk = _bracket(ks, k)
+        logs = 0.0
+        for nn, ww_n in ((n0, 1 - wn), (n1, wn)):
+            for kk, ww_k in ((k0, 1 - wk), (k1, wk)):
+                if ww_n * ww_k == 0.0:
+                    continue
+                x, y = self._gemm_curve(int(nn), int(kk))
+                logs = logs + ww_n * ww_k * np.log(_loglog(x, y, m))
+        m_max = int(df.m.max())
+        if np.max(m) > m_max:
+            self.extrapolated["gemm.m"] = f"m up to {int(np.max(m))} > measured {m_max}"
+        return factor * np.exp(logs)
+
+    # --- MoE --------------------------------------------------------------------------------
+    def moe_ms(self, m: np.ndarray, hidden: int, inter: int, topk: int, experts: int,
+               tp: int) -> tuple[np.ndarray, str]:
+        """Fused-MoE block latency (ms) at m tokens, bf16 unquantized Triton kernel, balanced
+        routing, experts split by tensor parallelism (moe_tp = tp, ep = 1, vLLM's default).
+
+        An unmeasured shape is scaled from the nearest measured one (same topk if possible) by
+        the ratio of roofline times max(weight bytes of the distinct experts N tokens activate
+        under uniform routing / bw, FLOPs / F), and recorded in ``extrapolated``.
+        """
+        df = _read(self.file("moe", "moe_perf.parquet"))
+        df = df[(df.moe_dtype == "bfloat16") & (df.distribution == "balanced")
+                & (df.kernel_source == "vllm_unquantizedfusedmoe_triton_tritonexperts")
+                & (df.moe_ep_size == 1) & (df.moe_tp_size == tp)]
+        keys = ["hidden_size", "inter_size", "topk", "num_experts"]
+        exact = df[(df.hidden_size == hidden) & (df.inter_size == inter) & (df.topk == topk)
+                   & (df.num_experts == experts)]
+        if len(exact):
+            x, y = _monotone_curve(exact.num_tokens.to_numpy(), exact.latency.to_numpy())
+            return _loglog(x, y, m), f"measured {hidden}/{inter}/top{topk}/{experts}e/tp{tp}"
+        shapes = df[keys].drop_duplicates().to_numpy()
+        if not len(shapes):
+            raise InputError(f"aiconfigurator-core has no bf16 MoE data at moe_tp={tp} for "
+                             f"{self.system} vllm {self.version}")
+
+        def dist(s: np.ndarray) -> float:
+            return float(abs(np.log(s[0] * s[1] * s[3] / (hidden * inter * experts)))
+                         + abs(np.log(s[2] / topk)) + abs(np.log(s[0] / hidden)))
+
+        ref = min(shapes, key=lambda s: (dist(s), tuple(s)))
+        rows = df[(df[keys] == ref).all(axis=1)]
+        x, y = _monotone_curve(rows.num_tokens.to_numpy(), rows.latency.to_numpy())
+
+        def roof(h: int, i: int, k: int, e: int) -> np.ndarray:
+            # bytes / FLOPs of gate+up and down of the active experts; the crossover at
+            # FLOP/byte = 300 is an H100-like ratio (only the ratio of two roofs is used)
+            mm = np.asarray(m, float)
+            active = e * (1.0 - (1.0 - k / e) ** mm)
+            return np.maximum(active * 3 * h * i / tp * 2, 2 * 3 * h * i / tp * k * mm / 300)
+
+        scale = roof(hidden, inter, topk, experts) / roof(*(int(v) for v in ref))
+        note = (f"scaled from measured {ref[0]}/{ref[1]}/top{ref[2]}/{ref[3]}e by roofline "
+                f"ratio {float(scale.min()):.3g}..{float(scale.max()):.3g}")
+        self.extrapolated["moe"] = note
+        return _loglog(x, y, m) * scale, note
+
+    # --- communication ----------------------------------------------------------------------
+    def allreduce_ms(self, message_bytes: np.ndarray, gpus: int, graph: np.ndarray) -> np.ndarray:
+        """vLLM custom all-reduce latency (ms), bf16: the ``vllm_graph`` backend where ``graph``
+        (CUDA-graph steps), else ``vllm_eager``; log-log in message size."""
+        versions = _versions(self.base / "comm" / ENGINE)
+        version = self.version if self.version in versions else None
+        if version is None:
+            older = [v for v in versions if _vkey(v) <= _vkey(self.version)]
+            if not older:
+                raise InputError(f"no vllm all-reduce data for {self.system}; comm versions: "
+                                 f"{', '.join(versions) or 'none'}")
+            version = older[-1]
+            self.scaled["comm.version"] = f"all-reduce from vllm {version} (no {self.version})"
+        df = _read(self.file("comm", "custom_allreduce_perf.parquet", version))
+        out = np.empty(len(message_bytes))
+        for backend, mask in (("vllm_graph", graph), ("vllm_eager", ~graph)):
+            rows = df[(df.num_gpus == gpus) & (df.backend == backend)]
+            if not len(rows):
+                raise InputError(f"no {gpus}-GPU all-reduce data for {self.system} vllm "
+                                 f"{version}; measured GPU counts: "
+                                 f"{sorted(df.num_gpus.unique().tolist())}")
+            x, y = _monotone_curve(rows.message_size.to_numpy(), rows.latency.to_numpy())
+            out[mask] = _loglog(x, y, np.asarray(message_bytes, float)[mask])
+        return out
+
+    # --- attention --------------------------------------------------------------------------
+    def attention_rows(self, phase: str, q_heads: int, kv_heads: int,
+                       head_dim: int) -> tuple[pd.DataFrame, tuple[int, int, int]]:
+        """Rows of ``context`` or ``generation`` attention for the nearest measured layout
+        (bf16 KV cache, no sliding window, FlashAttention-3 where measured), and that layout."""
+        df = _read(self.file("attention", f"{phase}_attention_perf.parquet"))
+        df = df[(df.kv_cache_dtype == "bfloat16") & (df.attn_dtype == "bfloat16")]
+        if "window_size" in df.columns:
+            df = df[df.window_size == 0]
+        kernels = sorted(df.kernel_source.unique())
+        kernel = "vllm_flash_attn_fa3" if "vllm_flash_attn_fa3" in kernels else kernels[0]
+        df = df[df.kernel_source == kernel]
+        layouts = df[["num_heads", "num_key_value_heads", "head_dim"]].drop_duplicates()
+
+        def dist(r: tuple[int, int, int]) -> tuple[float, tuple[int, int, int]]:
+            return (abs(np.log(r[0] / q_heads)) + abs(np.log(r[1] / kv_heads))
+                    + 4 * abs(np.log(r[2] / head_dim)), r)
+
+        best = min((tuple(int(v) for v in r) for r in layouts.to_numpy()), key=dist)
+        rows = df[(df.num_heads == best[0]) & (df.num_key_value_heads == best[1])
+                  & (df.head_dim == best[2])]
+        return rows, best  # type: ignore[return-value]
+
+
+@cache
+def _gemm_curve(path: Path, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    df = _read(path)
+    rows = df[(df.kernel_source == "torch.nn.functional.linear") & (df.gemm_dtype == "bfloat16")
+              & (df.n == n) & (df.k == k)]
+    return _monotone_curve(rows.m.to_numpy(), rows.latency.to_numpy())
