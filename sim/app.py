@@ -91,6 +91,18 @@ def run_one(resolved: ResolvedScenario, choice_index: int, replication: int, out
     return result
 
 
+def check_workload(resolved: ResolvedScenario) -> None:
+    """Read and replay a scenario's trace whole, exactly as ``run`` does, so that ``validate``
+    refuses what ``run`` would (a bad record anywhere, a model no node serves, a replay beyond
+    the size limits). Synthetic workloads are fully checked when the scenario loads.
+
+    Raises:
+        InputError: as ``run`` would, naming the trace or scenario file.
+    """
+    if resolved.scenario.workload.trace is not None:
+        replication_workload(resolved, 0)
+
+
 def replication_workload(resolved: ResolvedScenario, replication: int) -> Workload:
     """``workload_for`` with errors found only now (a bad trace record deep in the file)
     naming the scenario when they do not name a file of their own."""

@@ -18,9 +18,16 @@ import click
 
 from sim.errors import InputError, SimulationError
 
+#: the longest error line printed (a message quoting a huge value is cut)
+_MAX_LINE = 1000
+
 
 def _one_line(message: str) -> str:
-    return " ".join(message.splitlines())
+    """``message`` on one printable line: line breaks joined, control and undecodable
+    characters (a binary file's bytes) shown as ``?``, cut to ``_MAX_LINE`` characters."""
+    text = " ".join(message.splitlines())
+    text = "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in text)
+    return text if len(text) <= _MAX_LINE else text[:_MAX_LINE - 3] + "..."
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -169,6 +176,7 @@ def validate(files: tuple[Path, ...], no_limits: bool) -> None:
     for path in files:
         try:
             resolved = app.load(path, limits=not no_limits)
+            app.check_workload(resolved)
         except InputError as exc:
             click.echo(_one_line(f"simlb: error: {exc}"), err=True)
             failed += 1

@@ -111,3 +111,73 @@ def test_memory_error_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("simlb: out of memory")
+
+
+# --- corrupt traces (13.3) --------------------------------------------------------------------
+
+def _trace_scenario(tmp_path: Path, trace: dict[str, Any]) -> Path:
+    return write_scenario(tmp_path, tiny(workload={"trace": trace}), "trace.yaml")
+
+
+def _csv_rows(n: int, bad_at: int | None = None) -> str:
+    rows = ["t,p,o"] + [f"{i * 0.05:.2f},{100 + i % 7},{10 + i % 5}" for i in range(n)]
+    if bad_at is not None:
+        rows[bad_at + 1] = f"{bad_at * 0.05:.2f},-3,10"
+    return "\n".join(rows) + "\n"
+
+
+def _damaged_files(tmp_path: Path) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    import gzip
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    csv = {"format": "csv", "columns": {"arrival": "t", "prompt_tokens": "p",
+                                        "output_tokens": "o"}}
+    packed = gzip.compress(_csv_rows(4000).encode())
+    flipped = bytearray(packed)
+    for i in range(200, 260):
+        flipped[i] ^= 0xFF
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"t": [0.1 * i for i in range(500)], "p": [100] * 500,
+                             "o": [10] * 500}), buffer)
+    parquet = buffer.getvalue()
+    bad_parquet = bytearray(parquet)
+    for i in range(100, 300):
+        bad_parquet[i] ^= 0x55
+    return {
+        "truncated.csv.gz": (packed[: len(packed) // 2], csv),
+        "corrupt.csv.gz": (bytes(flipped), csv),
+        "garbage.csv.gz": (b"\x1f\x8b" + bytes(range(256)) * 8, csv),
+        "truncated.parquet": (parquet[:400], {**csv, "format": "parquet"}),
+        "corrupt.parquet": (bytes(bad_parquet), {**csv, "format": "parquet"}),
+        "binary.csv": (bytes(range(256)) * 8, csv),
+    }
+
+
+@pytest.mark.parametrize("name", ["truncated.csv.gz", "corrupt.csv.gz", "garbage.csv.gz",
+                                  "truncated.parquet", "corrupt.parquet", "binary.csv"])
+def test_damaged_traces_are_one_line_naming_the_file(tmp_path: Path, name: str) -> None:
+    """A truncated or corrupt gzip or Parquet trace, or binary bytes, give one printable line
+    naming the file and exit 2, from validate and run alike; nothing is written."""
+    data, trace = _damaged_files(tmp_path)[name]
+    (tmp_path / name).write_bytes(data)
+    path = _trace_scenario(tmp_path, {**trace, "path": name})
+    for result in (invoke("validate", path),
+                   invoke("run", path, "--out", tmp_path / "out", "-q")):
+        line = expect_error(result, name)
+        assert line.isprintable()
+    assert not (tmp_path / "out").exists()
+
+
+def test_validate_refuses_what_run_refuses_beyond_the_first_records(tmp_path: Path) -> None:
+    """A bad record after the first 100 fails validate as it fails run, with its line."""
+    (tmp_path / "t.csv").write_text(_csv_rows(300, bad_at=250), encoding="utf-8")
+    trace = {"format": "csv", "path": "t.csv",
+             "columns": {"arrival": "t", "prompt_tokens": "p", "output_tokens": "o"}}
+    path = _trace_scenario(tmp_path, trace)
+    run_line = expect_error(invoke("run", path, "--out", tmp_path / "out", "-q"), "line 252")
+    assert expect_error(invoke("validate", path)) == run_line
+    (tmp_path / "t.csv").write_text(_csv_rows(300), encoding="utf-8")
+    assert invoke("validate", path).exit_code == 0

@@ -138,7 +138,13 @@ def located_error(path: Path, container: Container, record: int, column: str | N
     if container == "parquet":
         return TraceError(message, source=str(path), line=record + 1, column=column,
                           line_label="row")
-    line = record_line(path, record, has_header=container == "csv")
+    try:
+        line: int | None = record_line(path, record, has_header=container == "csv")
+    except Exception as exc:
+        if damage(exc) is None:
+            raise
+        line = None  # the line cannot be found in a damaged file; the record number can
+        message = f"record {record + 1}: {message}"
     return TraceError(message, source=str(path), line=line, column=column)
 
 
@@ -181,7 +187,70 @@ def chunks(path: Path, layout: TraceLayout,
         TraceError: an empty file, a missing column, or a record the parser cannot read.
     """
     readers = {"csv": _csv_chunks, "jsonl": _json_chunks, "parquet": _parquet_chunks}
-    return readers[layout.container](path, layout, max_rows)
+    return _unbroken(path, layout, readers[layout.container](path, layout, max_rows))
+
+
+def _unbroken(path: Path, layout: TraceLayout,
+              frames: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Pass ``frames`` on, turning the errors of a damaged file (a truncated or corrupt gzip
+    stream, a corrupt Parquet file, an I/O error) into one ``TraceError`` naming the file."""
+    try:
+        yield from frames
+    except TraceError:
+        raise
+    except Exception as exc:
+        problem = damage(exc)
+        if problem is None:
+            raise
+        raise TraceError(f"cannot read the file: {problem}; expected an intact "
+                         f"{_kind(path, layout)} file", source=str(path)) from None
+
+
+def _kind(path: Path, layout: TraceLayout) -> str:
+    """``gzip-compressed CSV``, ``Parquet``, ...: what the file was read as."""
+    name = {"csv": "CSV", "jsonl": "JSON-lines", "parquet": "Parquet"}[layout.container]
+    try:
+        return f"gzip-compressed {name}" if layout.container != "parquet" and is_gzip(path) \
+            else name
+    except OSError:
+        return name
+
+
+def damage(exc: BaseException) -> str | None:
+    """A short description of ``exc`` when it says a file is damaged or unreadable (a
+    truncated or corrupt gzip stream, a corrupt Parquet or Arrow file, an I/O error); None for
+    any other exception."""
+    import zlib
+
+    if isinstance(exc, EOFError):
+        return "it ends early (truncated?)"
+    if isinstance(exc, gzip.BadGzipFile | zlib.error):
+        return f"corrupt gzip data ({_short(exc)})"
+    if isinstance(exc, OSError) and not type(exc).__module__.startswith("pyarrow"):
+        return exc.strerror or _short(exc)
+    try:
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(exc, pa.ArrowException):
+        return f"corrupt data ({_short(exc)})"
+    return None
+
+
+def _names(names: list[str]) -> str:
+    """Column names for a message: printable (a binary file's bytes shown as ``?``), at most
+    120 characters."""
+    text = ", ".join(names)
+    if not all(c.isprintable() for c in text):
+        return "unreadable bytes; is it a text file in the format given?"
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an exception's message, printable and at most 120 characters."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 # --- CSV --------------------------------------------------------------------------------------
@@ -199,7 +268,7 @@ def _csv_header(path: Path, layout: TraceLayout) -> list[str]:
                              column=layout.arrival)
     for name in layout.required():
         if name not in names:
-            raise TraceError(f"missing column (the header has: {', '.join(names)})",
+            raise TraceError(f"missing column (the header has: {_names(names)})",
                              source=str(path), line=lineno, column=name)
     return names
 
@@ -297,7 +366,7 @@ def _parquet_chunks(path: Path, layout: TraceLayout,
     names = pf.schema_arrow.names
     for name in layout.required():
         if name not in names:
-            raise TraceError(f"missing column (the file has: {', '.join(names)})",
+            raise TraceError(f"missing column (the file has: {_names(names)})",
                              source=str(path), column=name)
     present = [n for n in layout.wanted() if n in names]
     done = 0
