@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.metrics.herding import fold_grade, herding
 from sim.metrics.recorder import LogHistogram
 from sim.model.requests import COMPLETED, FAILED, REJECTED, UNFINISHED
 
@@ -266,6 +267,7 @@ def summarize(data: RunData) -> dict[str, object]:
     offered = float(measured.sum()) / length
     lam = float((measured & (req["status"] != REJECTED)).sum()) / length  # entered the system
     w = float(lat["e2e"].mean()) if lat["e2e"].size else math.nan
+    herd = herding(arrival[measured], req["node"][measured], data.max_num_seqs.size)
     return {
         "requests": {**_counts(req["status"]), "measured": _counts(req["status"][measured])},
         "latency_s": {k: distribution(v) for k, v in lat.items()}
@@ -285,7 +287,8 @@ def summarize(data: RunData) -> dict[str, object]:
         "preemptions": {"total": int(req["preemptions"].sum()),
                         "requests_preempted": int((req["preemptions"] > 0).sum()),
                         "recomputed_tokens": int(req["recomputed_tokens"].sum())},
-        "utilization": _utilisation(data, util),
+        "utilization": fold_grade(_utilisation(data, util), herd),
+        "herding": herd,
         "littles_law": {"L": in_system, "lambda_rps": lam, "W_s": w,
                         "ratio": in_system / (lam * w) if lam > 0 and w > 0 else None},
         "model": {"window_s": [a, b], "end_s": data.end_s,
