@@ -147,3 +147,30 @@ def test_cli_guesses_each_published_format(name: str) -> None:
     result = CliRunner().invoke(main, ["trace", "stats", str(FIXTURES / name), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["format"] == name.split("_")[0]
+
+
+def test_timestamp_rounding_and_the_jitter_hint() -> None:
+    """trace stats finds the grid timestamps are rounded to (a 3-s grid here, BurstGPT's whole
+    seconds, the Mooncake fixture's 100 ms) and points at jitter_within_s; continuous
+    timestamps (Azure) have none."""
+    grid3 = trace_stats(stream(np.array([0.0, 0.0, 3.0, 9.0, 9.0, 27.0]))).timestamp_rounding
+    assert grid3 is not None and grid3.grid_s == 3.0
+    assert grid3.simultaneous_share == pytest.approx(4 / 6)
+    assert "3-s grid" in grid3.hint and "jitter_within_s" in grid3.hint
+    def grid(fmt: str, name: str) -> float | None:
+        spec = TraceSpec(format=fmt, path=str(FIXTURES / name))
+        rounding = trace_stats(trace_workload(spec, None, 0)).timestamp_rounding
+        assert rounding is not None
+        return rounding.grid_s
+
+    assert grid("burstgpt", "burstgpt_fixture.csv") == 1.0
+    assert grid("mooncake", "mooncake_fixture.jsonl") == pytest.approx(0.1)
+    assert grid("azure", "azure_conv_fixture.csv") is None
+    azure = trace_workload(TraceSpec(format="azure", path=str(FIXTURES / "azure_conv_fixture.csv")),
+                           None, 0)
+    rounding = trace_stats(azure).timestamp_rounding
+    assert rounding is not None and rounding.grid_s is None and "identical" in rounding.hint
+    assert "timestamp_rounding" not in "".join(trace_stats(azure).flat())
+    body = json.loads(CliRunner().invoke(
+        main, ["trace", "stats", str(FIXTURES / "burstgpt_fixture.csv"), "--json"]).stdout)
+    assert body["timestamp_rounding"]["grid_s"] == 1.0
