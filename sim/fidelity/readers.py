@@ -316,7 +316,7 @@ def read_llmservingsim(path: Path) -> MeasuredRun:
     engine = EngineConfig(
         engine="vllm", version=str(meta.get("vllm_version", "")),
         model=str(meta.get("model", "")),
-        gpu=str(meta.get("hardware", {}).get("device_name", "")),
+        gpu=str(meta.get("hardware", {}).get("device_name", "")) or _lss_gpu(folder, notes),
         tp=int(kw.get("tensor_parallel_size", 1)), dp=int(kw.get("data_parallel_size", 1)),
         max_num_seqs=kw.get("max_num_seqs"),
         max_num_batched_tokens=kw.get("max_num_batched_tokens"),
@@ -330,3 +330,19 @@ def read_llmservingsim(path: Path) -> MeasuredRun:
                       itl_s=derived_itl(arrays["ttft_s"], arrays["e2e_s"],
                                         arrays["output_tokens"]), **arrays)
     return sort_by_arrival(run)
+
+
+def _lss_gpu(folder: Path, notes: list[str]) -> str:
+    """The GPU named in the simulator-side ``config.json`` of an LLMServingSim example (the
+    run's own ``meta.json`` lacks ``hardware`` in some runs), else ""."""
+    for parent in (folder, folder.parent):
+        cfg = parent / "config.json"
+        if cfg.is_file():
+            try:
+                data = read_json(cfg)
+                gpu = str(data["nodes"][0]["instances"][0]["hardware"])
+            except (TraceError, KeyError, IndexError, TypeError):
+                continue
+            notes.append(f"GPU not in meta.json; taken from {cfg.name}: {gpu}")
+            return gpu
+    return ""
