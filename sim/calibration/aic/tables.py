@@ -8,6 +8,7 @@ package's compiled module is never imported.
 
 Lookup assumptions (all stated again in each derived profile's ``source.method``):
 
+* GEMMs: bf16 ``torch.nn.functional.linear`` rows (``vllm_default`` in older tables).
 * GEMM latency in the token count ``m`` is interpolated linearly in (log m, log latency)
   between measured ``m``; each (n, k) curve is first made non-decreasing in ``m`` by isotonic
   regression (the table holds ``m`` and ``m + 1`` pairs whose noise is up to ±30%).
@@ -149,9 +150,7 @@ class Tables:
 
     # --- GEMM -------------------------------------------------------------------------------
     def gemm_frame(self) -> pd.DataFrame:
-        df = _read(self.file("gemm", "gemm_perf.parquet"))
-        return df[(df.kernel_source == "torch.nn.functional.linear")
-                  & (df.gemm_dtype == "bfloat16")]
+        return _bf16_gemm(self.file("gemm", "gemm_perf.parquet"))
 
     def device(self) -> str:
         """The GPU's name as the tables record it (``torch.cuda.get_device_name``)."""
@@ -233,9 +232,11 @@ class Tables:
         return _loglog(x, y, m) * scale, note
 
     # --- communication ----------------------------------------------------------------------
-    def allreduce_ms(self, message_bytes: np.ndarray, gpus: int, graph: np.ndarray) -> np.ndarray:
-        """vLLM custom all-reduce latency (ms), bf16: the ``vllm_graph`` backend where ``graph``
-        (CUDA-graph steps), else ``vllm_eager``; log-log in message size."""
+    def allreduce_ms(self, elements: np.ndarray, gpus: int, graph: np.ndarray) -> np.ndarray:
+        """vLLM custom all-reduce latency (ms) of bf16 tensors of ``elements`` values: the
+        ``vllm_graph`` backend where ``graph`` (CUDA-graph steps), else ``vllm_eager``; log-log
+        in size. The table's ``message_size`` is an element count (aiconfigurator-core's
+        communication shim factors it into tokens x per-token elements), not bytes."""
         versions = _versions(self.base / "comm" / ENGINE)
         version = self.version if self.version in versions else None
         if version is None:
@@ -246,7 +247,7 @@ class Tables:
             version = older[-1]
             self.scaled["comm.version"] = f"all-reduce from vllm {version} (no {self.version})"
         df = _read(self.file("comm", "custom_allreduce_perf.parquet", version))
-        out = np.empty(len(message_bytes))
+        out = np.empty(len(elements))
         for backend, mask in (("vllm_graph", graph), ("vllm_eager", ~graph)):
             rows = df[(df.num_gpus == gpus) & (df.backend == backend)]
             if not len(rows):
@@ -254,7 +255,7 @@ class Tables:
                                  f"{version}; measured GPU counts: "
                                  f"{sorted(df.num_gpus.unique().tolist())}")
             x, y = _monotone_curve(rows.message_size.to_numpy(), rows.latency.to_numpy())
-            out[mask] = _loglog(x, y, np.asarray(message_bytes, float)[mask])
+            out[mask] = _loglog(x, y, np.asarray(elements, float)[mask])
         return out
 
     # --- attention --------------------------------------------------------------------------
@@ -281,9 +282,23 @@ class Tables:
         return rows, best  # type: ignore[return-value]
 
 
+#: bf16 GEMM kernel names, preferred first (vLLM 0.24 tables; the A100's 0.14 tables)
+GEMM_KERNELS = ("torch.nn.functional.linear", "vllm_default")
+
+
+@cache
+def _bf16_gemm(path: Path) -> pd.DataFrame:
+    df = _read(path)
+    df = df[df.gemm_dtype == "bfloat16"]
+    have = set(df.kernel_source.unique())
+    kernel = next((k for k in GEMM_KERNELS if k in have), None)
+    if kernel is None:
+        raise InputError(f"{path.name}: no bf16 GEMM kernel among {sorted(have)}")
+    return df[df.kernel_source == kernel]
+
+
 @cache
 def _gemm_curve(path: Path, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    df = _read(path)
-    rows = df[(df.kernel_source == "torch.nn.functional.linear") & (df.gemm_dtype == "bfloat16")
-              & (df.n == n) & (df.k == k)]
+    df = _bf16_gemm(path)
+    rows = df[(df.n == n) & (df.k == k)]
     return _monotone_curve(rows.m.to_numpy(), rows.latency.to_numpy())

@@ -15,12 +15,14 @@ Per term (every figure per GPU, milliseconds):
   (MoE) and the KV-cache write (reshape_and_cache, not in the attention tables). Times the layers,
   plus the embedding gather and the final RMSNorm on all N rows (vLLM normalises every row before
   selecting the logits rows).
-* ``comm(N)``: two all-reduces per layer of ``N * h * 2`` bytes, vLLM's custom all-reduce
-  (``custom_allreduce_perf.parquet``): backend ``vllm_graph`` for N <= 512 (vLLM's largest
-  default CUDA-graph capture size, so decode-size steps replay graphs), ``vllm_eager`` above.
+* ``comm(N)``: two all-reduces per layer, plus one after the vocab-parallel embedding, of
+  ``N * h`` bf16 values (``N * h * 2`` bytes), vLLM's custom all-reduce
+  (``custom_allreduce_perf.parquet``, whose ``message_size`` counts elements): backend
+  ``vllm_graph`` for N <= 512 (vLLM's largest default CUDA-graph capture size, so decode-size
+  steps replay graphs), ``vllm_eager`` above.
 * ``head(S)``: the LM-head GEMM [h -> V/tp] at m = S (n beyond the measured 65536 scaled
   proportionally: column blocks of a GEMM are independent), for TP > 1 the logits all-gather
-  (approximated by the all-reduce of the same S*V*2 bytes: an upper bound), and a sampling
+  (approximated by the all-reduce of the S*V gathered values: an upper bound), and a sampling
   allowance (assumption): 10 small kernels and six fp32 passes over the S x V logits
   (cast, temperature, softmax, top-k/top-p, sample), roofline as above.
 * attention: NNLS fits (rows weighted 1/t, i.e. relative error) of the measured per-layer
@@ -124,11 +126,12 @@ def lin_table(t: Tables, m: ModelSpec, tp: int, roof: Roofline) -> tuple[dict, d
 
 
 def comm_table(t: Tables, m: ModelSpec, tp: int) -> dict | None:
-    """Two all-reduces per layer of ``N*h*2`` bytes; None at TP 1."""
+    """Two all-reduces per layer and one after the vocab-parallel embedding, of ``N*h`` bf16
+    values each; None at TP 1."""
     if tp == 1:
         return None
     x = np.asarray(LIN_GRID, float)
-    ms = 2 * m.layers * t.allreduce_ms(x * m.hidden * 2, tp, x <= CUDA_GRAPH_MAX_TOKENS)
+    ms = (2 * m.layers + 1) * t.allreduce_ms(x * m.hidden, tp, x <= CUDA_GRAPH_MAX_TOKENS)
     return _table(LIN_GRID, ms, "slope_ms_per_token", "x_tokens")
 
 
@@ -137,7 +140,7 @@ def head_table(t: Tables, m: ModelSpec, tp: int, roof: Roofline) -> dict:
     s = np.asarray(HEAD_GRID, float)
     ms = t.gemm_ms(s, -(-m.vocab // tp), m.hidden, "lm_head")
     if tp > 1:
-        ms = ms + t.allreduce_ms(s * m.vocab * 2, tp, s <= CUDA_GRAPH_MAX_TOKENS)
+        ms = ms + t.allreduce_ms(s * m.vocab, tp, s <= CUDA_GRAPH_MAX_TOKENS)
     ms = ms + roof.ms(s * m.vocab * 4 * 2 * SAMPLING_FP32_PASSES, SAMPLING_KERNELS)
     return _table(HEAD_GRID, ms, "slope_ms_per_seq", "x_seqs")
 
