@@ -7,15 +7,21 @@ waiting, running, KV blocks in use), ``timeline.parquet`` (per node and time buc
 ``meta.json`` (versions and wall-clock figures: the only file that differs between reruns).
 Everything is written into a hidden temporary folder beside the target and renamed into place,
 so an interrupted run never leaves a half-written directory; an existing directory is replaced
-only with ``force``.
+only with ``force``. Without ``force`` the final rename itself refuses a directory that appeared
+meanwhile (another run writing to the same ``--out``), so two racing runs never replace each
+other's results. Folders created for a directory that then fails to be written are removed
+again, and temporary folders left by a killed process are cleaned up by the next write.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,21 +92,73 @@ def write_run(path: Path, *, scenario: dict[str, Any], summary: dict[str, Any],
     """
     check_writable([path], force)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    created = _missing_folders(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale(path)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
         _write_files(tmp, scenario=scenario, summary=summary, requests=requests, nodes=nodes,
                      timeline=timeline, meta=meta)
-        _replace_dir(tmp, path)
+        _replace_dir(tmp, path, force)
+    except FileExistsError:
+        _undo(tmp, created)
+        raise InputError("result directory exists (another run wrote it meanwhile); expected "
+                         "a new directory (use --force to replace)", source=str(path)) from None
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _undo(tmp, created)
         raise InputError(f"cannot write the result directory ({exc.strerror or exc})",
                          source=str(path)) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _undo(tmp, created)
         raise
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _undo(tmp: Path, created: list[Path]) -> None:
+    """Remove the temporary folder and the (still empty) folders this write created."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            break  # not empty (another run's results) or gone: keep the rest
+
+
+def _clean_stale(path: Path) -> None:
+    """Remove the temporary folders beside ``path`` left by processes that no longer exist
+    (killed mid-write); a displaced old directory whose replacement never arrived is put
+    back."""
+    for stale in path.parent.glob(f".{path.name}.*-*"):
+        kind, _, pid = stale.name.rpartition("-")
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind.endswith(".old") and not path.exists():
+            os.replace(stale, path)
+        elif kind.endswith((".old", ".tmp")):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (ours counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _write_files(folder: Path, *, scenario: dict[str, Any], summary: dict[str, Any],
@@ -118,8 +176,14 @@ def _write_files(folder: Path, *, scenario: dict[str, Any], summary: dict[str, A
     pq.write_table(pa.table(timeline), folder / "timeline.parquet")
 
 
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move ``tmp`` to ``path``; an existing ``path`` is swapped out, and restored on failure."""
+def _replace_dir(tmp: Path, path: Path, force: bool) -> None:
+    """Move ``tmp`` to ``path``. Without ``force`` an existing ``path`` is refused by the
+    rename itself (``FileExistsError``), so a directory another process renamed into place
+    after our checks is never replaced; with ``force`` it is swapped out, and restored on
+    failure."""
+    if not force:
+        _rename_no_replace(tmp, path)
+        return
     if not path.exists():
         os.replace(tmp, path)
         return
@@ -131,6 +195,48 @@ def _replace_dir(tmp: Path, path: Path) -> None:
         os.replace(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _rename_no_replace(tmp: Path, path: Path) -> None:
+    """Rename the folder ``tmp`` to ``path``; ``FileExistsError`` if ``path`` exists.
+
+    Atomic on Linux (``renameat2`` with ``RENAME_NOREPLACE``); elsewhere a rename onto a
+    non-empty directory fails by itself, and an empty one holds no results.
+    """
+    if _renameat2 is not None:
+        if _renameat2(-100, os.fsencode(tmp), -100, os.fsencode(path), 1) == 0:  # AT_FDCWD
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, os.strerror(err), str(path))
+        if err not in (errno.ENOSYS, errno.EINVAL):  # not supported here: fall through
+            raise OSError(err, os.strerror(err), str(path))
+    if path.exists():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+    try:
+        os.rename(tmp, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileExistsError(exc.errno, exc.strerror, str(path)) from None
+        raise
+
+
+def _load_renameat2() -> Any:
+    """libc's ``renameat2`` (Linux, glibc >= 2.28), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                     ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+_renameat2 = _load_renameat2()
 
 
 def read_summary(path: Path) -> dict[str, Any]:

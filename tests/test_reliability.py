@@ -3,6 +3,8 @@ writers, orphaned workers, report folders, trace output paths, clusters serving 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
+import sim.errors
 from sim import app
 from sim.cli import main
 from sim.model.requests import COMPLETED
@@ -181,3 +184,71 @@ def test_validate_refuses_what_run_refuses_beyond_the_first_records(tmp_path: Pa
     assert expect_error(invoke("validate", path)) == run_line
     (tmp_path / "t.csv").write_text(_csv_rows(300), encoding="utf-8")
     assert invoke("validate", path).exit_code == 0
+
+
+# --- racing writers (13.4) and leftovers of killed writes (13.9) ------------------------------
+
+def _write(path: Path, force: bool) -> None:
+    from sim.results import write_run
+
+    write_run(path, scenario={"name": "x"}, summary={"n": 1},
+              requests={"status": np.zeros(3, dtype=np.int64)}, nodes={"t_s": np.zeros(2)},
+              timeline={"t_s": np.zeros(2)}, meta={}, force=force)
+
+
+def test_final_rename_refuses_a_directory_that_appeared_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory another run renamed into place after our checks is never replaced
+    without force; the temporary folder is removed."""
+    import sim.results
+
+    target = tmp_path / "out" / "seed-1"
+    monkeypatch.setattr(sim.results, "check_writable", lambda paths, force: None)
+    _write(target, force=False)
+    (target / "mine.txt").write_text("other run", encoding="utf-8")
+    with pytest.raises(sim.errors.InputError, match="another run wrote it meanwhile"):
+        _write(target, force=False)
+    assert (target / "mine.txt").exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["seed-1"]
+    _write(target, force=True)
+    assert not (target / "mine.txt").exists()
+
+
+def test_stale_temporary_folders_of_killed_writers_are_cleaned(tmp_path: Path) -> None:
+    """A hidden temporary folder of a process that no longer exists is removed by the next
+    write; a displaced old directory is put back when its replacement never arrived."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    out = tmp_path / "out"
+    (out / f".seed-1.tmp-{dead}").mkdir(parents=True)
+    (out / f".seed-2.old-{dead}").mkdir()
+    (out / f".seed-2.old-{dead}" / "summary.json").write_text("{}", encoding="utf-8")
+    _write(out / "seed-1", force=False)
+    _write(out / "seed-3", force=False)
+    assert sorted(p.name for p in out.iterdir()) == [f".seed-2.old-{dead}", "seed-1", "seed-3"]
+    with pytest.raises(sim.errors.InputError, match="exists"):
+        _write(out / "seed-2", force=False)  # the put-back old directory is kept
+    assert (out / "seed-2" / "summary.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["seed-1", "seed-2", "seed-3"]
+
+
+def test_two_runs_racing_for_one_out_never_replace_each_other(tmp_path: Path) -> None:
+    """Runs started together on the same --out: exactly one writes the results; the others
+    exit 2 with one line (refused at start or at the final rename)."""
+    path = write_scenario(tmp_path, tiny(duration_s=3.0))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "sim", "run", str(path), "--out", str(out), "-q"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = []
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=60)
+        results.append((proc.returncode, stderr))
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    for code, stderr in results:
+        if code == 2:
+            assert len(stderr.splitlines()) == 1 and "result directory exists" in stderr
+    seed_dir = out / "test" / "round_robin" / "seed-7"
+    assert (seed_dir / "summary.json").exists()
+    assert sorted(p.name for p in seed_dir.parent.iterdir()) == ["seed-7"]
