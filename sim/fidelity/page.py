@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from sim.fidelity.evaluate import Evaluated
 from sim.fidelity.score import METRICS, STATS
@@ -38,6 +40,17 @@ def _fmt(x: float, pct: bool = False) -> str:
     return f"{x:+.1f}" if pct else f"{x:.4g}"
 
 
+def _log(ax: Axes, *, y: bool = False) -> None:
+    """Log axes labelled at 1, 2, 5 x 10^k in plain numbers (minor ticks unlabelled)."""
+    ax.set_xscale("log")
+    if y:
+        ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis) if y else (ax.xaxis,):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
+
+
 def cdf_figure(ev: Evaluated) -> Figure:
     """Predicted vs measured CDFs of TTFT and E2E (log x) for one run."""
     from sim.report.plots import _style
@@ -53,7 +66,7 @@ def cdf_figure(ev: Evaluated) -> Figure:
             if x.size:
                 ax.plot(x, np.arange(1, x.size + 1) / x.size, color=COLOURS[label],
                         label=label, linewidth=1.6)
-        ax.set_xscale("log")
+        _log(ax)
         _style(ax, f"{metric} (s, log scale)", "fraction of requests ≤ x", f"{metric} CDF")
         ax.legend(frameon=False, fontsize=9, loc="lower right")
     return fig
@@ -76,8 +89,7 @@ def scatter_figure(ev: Evaluated) -> Figure:
             ax.scatter(m, p, s=3, alpha=0.35, color=COLOURS["simlb"], linewidths=0)
             lo, hi = float(min(m.min(), p.min())), float(max(m.max(), p.max()))
             ax.plot([lo, hi], [lo, hi], color="0.3", linewidth=1, linestyle="--")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+            _log(ax, y=True)
         _style(ax, f"measured {metric} (s)", f"simlb {metric} (s)", f"{metric} per request")
     return fig
 
