@@ -170,3 +170,20 @@ def test_cli_bad_columns_spec() -> None:
                           "arrival=t_send_ms:hours,prompt=in_tok"), "--columns", "unknown unit")
     expect_error(fidelity(FIX / "table.csv", "--profile", "h100/llama-3-8b", "--columns",
                           "arrival=t_send_ms,prompt=in_tok"), "--columns", "lacks")
+
+
+def test_parquet_table_and_bad_row(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "runs.parquet"
+    pq.write_table(pa.table({"sent": [0.0, 0.5, 1.0], "p": [10, 20, 30], "o": [5, 5, 5],
+                             "ttft": [40.0, 41.0, 42.0], "e2e": [90.0, 91.0, 92.0]}), path)
+    spec = "arrival=sent,prompt=p,output=o,ttft=ttft:ms,e2e=e2e:ms"
+    run = read_run("table", path, columns=spec)
+    assert run.n_ok == 3 and np.allclose(run.ttft_s, [0.040, 0.041, 0.042])
+    assert np.allclose(run.itl_s, 0.050 / 4)
+    pq.write_table(pa.table({"sent": [0.0, 0.5], "p": [10, -1], "o": [5, 5],
+                             "ttft": [40.0, 41.0], "e2e": [90.0, 91.0]}), path)
+    expect_error(fidelity(path, "--profile", "h100/llama-3-8b", "--columns", spec),
+                 "runs.parquet", "row 2", "column 'p'")
