@@ -232,7 +232,7 @@ def derive(opts: Options, echo: Callable[[str], None] | None = None) -> dict[str
     t = Tables(system, version)
     yaml_ = t.system_yaml()
     roof = terms.Roofline.from_yaml(yaml_["gpu"])
-    lin, lin_share = terms.lin_table(t, m, tp, roof)
+    lin, lin_quality = terms.lin_table(t, m, tp, roof)
     comm = terms.comm_table(t, m, tp)
     head = terms.head_table(t, m, tp, roof)
     dec, pf, quality = terms.attention(t, m, tp)
@@ -254,8 +254,7 @@ def derive(opts: Options, echo: Callable[[str], None] | None = None) -> dict[str
         data_files.append({"path": shown, "sha256": sha256_file(cpath),
                            "licence": "model config.json (Hugging Face model card licence)"})
     quality.update({
-        "lin": {"breakdown_ms": lin_share, "monotone": "per-GEMM isotonic in m; sum cumulative max",
-                "not_fitted": "sum of table lookups, no fit error"},
+        "lin": lin_quality,
         "head": "LM-head GEMM lookup + sampling allowance (roofline), not fitted",
         "comm": None if comm is None else "custom all-reduce lookup, not fitted",
         "lookups": {"scaled": dict(sorted(t.scaled.items())),

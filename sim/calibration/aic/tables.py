@@ -130,6 +130,7 @@ class Tables:
     used: set[Path] = field(default_factory=set)
     scaled: dict[str, str] = field(default_factory=dict)
     extrapolated: dict[str, str] = field(default_factory=dict)
+    gemm_noise: dict[str, float] = field(default_factory=dict)
 
     @property
     def base(self) -> Path:
@@ -180,6 +181,8 @@ class Tables:
                     continue
                 x, y = self._gemm_curve(int(nn), int(kk))
                 logs = logs + ww_n * ww_k * np.log(_loglog(x, y, m))
+                noise = _gemm_noise(self.file("gemm", "gemm_perf.parquet"), int(nn), int(kk))
+                self.gemm_noise[label] = max(self.gemm_noise.get(label, 0.0), noise)
         m_max = int(df.m.max())
         if np.max(m) > m_max:
             self.extrapolated["gemm.m"] = f"m up to {int(np.max(m))} > measured {m_max}"
@@ -302,3 +305,13 @@ def _gemm_curve(path: Path, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     df = _bf16_gemm(path)
     rows = df[(df.n == n) & (df.k == k)]
     return _monotone_curve(rows.m.to_numpy(), rows.latency.to_numpy())
+
+
+@cache
+def _gemm_noise(path: Path, n: int, k: int) -> float:
+    """Mean absolute % deviation of the measured rows from the monotone curve through them."""
+    rows = _bf16_gemm(path)
+    rows = rows[(rows.n == n) & (rows.k == k)]
+    x, y = _gemm_curve(path, n, k)
+    fit = np.interp(rows.m.to_numpy(float), x, y)
+    return float(np.mean(np.abs(rows.latency.to_numpy() / fit - 1.0)) * 100.0)

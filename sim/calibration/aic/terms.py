@@ -2,8 +2,10 @@
 
 Per term (every figure per GPU, milliseconds):
 
-* ``lin(N)``, N tokens in the step: per layer the four GEMMs of the TP-split layer (QKV
-  [h -> (Hq+2Hkv)D/tp], O [HqD/tp -> h], gate+up [h -> 2I/tp], down [I/tp -> h]) looked up in
+* ``lin(N)``, N tokens in the step (tabulated at every measured GEMM m up to 16384, where the
+  tile staircase jumps, e.g. from m = 1024 to 1025, and on a geometric grid in between): per
+  layer the four GEMMs of the TP-split layer (QKV [h -> (Hq+2Hkv)D/tp], O [HqD/tp -> h],
+  gate+up [h -> 2I/tp], down [I/tp -> h]) looked up in
   ``gemm_perf.parquet`` (bf16 ``torch.nn.functional.linear``); for MoE layers the router GEMM
   [h -> E] plus the fused-MoE block of ``moe_perf.parquet`` (bf16 Triton experts, balanced
   routing, moe_tp = tp), whose measured latency at N tokens already reflects how many distinct
@@ -116,13 +118,27 @@ def lin_parts(t: Tables, m: ModelSpec, tp: int, roof: Roofline,
 
 def lin_table(t: Tables, m: ModelSpec, tp: int, roof: Roofline) -> tuple[dict, dict]:
     """The ``lin`` table and its breakdown at a few N (for ``fit_quality``)."""
-    x = np.asarray(LIN_GRID, float)
+    measured = {int(v) for v in t.gemm_frame().m.unique() if v <= LIN_GRID[-1]}
+    grid = tuple(sorted(measured | set(LIN_GRID)))  # measured m keep the GEMM staircase
+    x = np.asarray(grid, float)
     parts = lin_parts(t, m, tp, roof, x)
-    total = sum(parts.values())
-    at = {int(v): i for i, v in enumerate(LIN_GRID)}
-    share = {f"N={k}": {p: sig(float(v[at[k]]), 4) for p, v in parts.items()}
-             for k in (1, 256, 8192)}
-    return _table(LIN_GRID, total, "slope_ms_per_token", "x_tokens"), share
+    table = _table(grid, sum(parts.values()), "slope_ms_per_token", "x_tokens")
+    at = {v: i for i, v in enumerate(grid)}
+    # the piecewise-linear table against the direct lookup sum at ~400 N between grid points
+    dense = np.unique(np.geomspace(1, grid[-1], 400).round())
+    direct = sum(lin_parts(t, m, tp, roof, dense).values())
+    ape = np.abs(np.interp(dense, x, table["y_ms"]) / direct - 1.0) * 100.0
+    quality = {
+        "breakdown_ms": {f"N={k}": {p: sig(float(v[at[k]]), 4) for p, v in parts.items()}
+                         for k in (1, 256, 8192)},
+        "table_vs_lookup_mape_pct": sig(ape.mean(), 4),
+        "table_vs_lookup_max_ape_pct": sig(ape.max(), 4),
+        "gemm_rows_vs_monotone_curve_mape_pct": {k: sig(v, 3)
+                                                 for k, v in sorted(t.gemm_noise.items())},
+        "monotone": "per-GEMM isotonic regression in m; the sum made non-decreasing "
+                    "(cumulative max)",
+    }
+    return table, quality
 
 
 def comm_table(t: Tables, m: ModelSpec, tp: int) -> dict | None:
