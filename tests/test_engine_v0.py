@@ -3,9 +3,13 @@ watermark, the padded budget, v0's preemption check, fast-forward equal to stepp
 
 from __future__ import annotations
 
+import re
+import textwrap
+
 import numpy as np
 import pytest
 import simpy
+import yaml
 
 from sim import app
 from sim.metrics.recorder import Recorder
@@ -20,7 +24,7 @@ from sim.policy.base import strategies
 from sim.runner import simulate, workload_for
 from sim.workload.base import unique_prompt_workload
 
-from conftest import scenario_dict, write_scenario
+from conftest import REPO, scenario_dict, write_scenario
 
 LINEAR = cost_models.get("linear")
 
@@ -311,6 +315,7 @@ def test_scenario_fast_forward_equals_stepping_with_prefix_caching(tmp_path):
     ff = app.load(path, ["cluster.fast_forward=true"])
     st = app.load(path, ["cluster.fast_forward=false"])
     workload = workload_for(ff, 0)
+    assert ff.node_specs[0].batcher_cls is V0Batcher
     for c_ff, c_st in zip(ff.strategies, st.strategies, strict=True):
         run_ff, run_st = simulate(ff, c_ff, 0, workload), simulate(st, c_st, 0, workload)
         assert run_ff.events < run_st.events / 2, "fast-forward should save most events"
@@ -331,3 +336,16 @@ def test_the_registry_knows_vllm_v0_and_defaults_the_budget_like_v0():
     assert cls.config(params, 1024).max_num_batched_tokens == 2048
     assert cls.config(params, None).max_num_batched_tokens == 2048
     assert cls.config(params, None).chunked_prefill is False
+
+
+def test_the_documented_v0_snippet_validates(tmp_path):
+    """The ``vllm_v0`` example in docs/model.md §2 loads as a scenario's cluster."""
+    doc = (REPO / "docs" / "model.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(\s*cluster:.*?)```", doc, re.S)
+    assert block is not None
+    cluster = yaml.safe_load(textwrap.dedent(block.group(1)))["cluster"]
+    raw = scenario_dict(cluster=cluster)
+    resolved = app.load(write_scenario(tmp_path, raw))
+    spec = resolved.node_specs[0]
+    assert spec.batcher_cls is V0Batcher
+    assert spec.batcher == V0BatcherConfig(256, 8192, False, 8192, 0.01, False, 256)
