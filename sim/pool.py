@@ -9,6 +9,14 @@ back. Progress updates travel through a queue to the parent's progress bars.
 
 Memory: up to ``jobs`` simulations are in memory at once, each as large as a single run
 (``docs/performance.md``), plus the results the parent collects.
+
+Workers die with the parent. Each holds the read end of a pipe whose only write end is the
+parent's, and a watchdog thread waits on it: when the parent ends in any way (SIGKILL
+included) the pipe reports end-of-file and the worker exits at once, before it can write a
+result directory (a half-written temporary folder is cleaned by the next write). With the
+workers gone the fork server and the resource tracker, which live as long as their clients,
+end too. SIGTERM to the parent unwinds it like Ctrl-C: the workers are stopped and their
+unfinished results removed.
 """
 
 from __future__ import annotations
@@ -45,13 +53,16 @@ def run_in_pool(resolved: ResolvedScenario, tasks: list[tuple[int, int]], out: P
                               f"run with --jobs 1") from None
     ctx = _context()
     queue = ctx.Queue()
+    # the parent keeps the write end: workers see end-of-file on the read end when it dies
+    lifeline_r, lifeline_w = ctx.Pipe(duplex=False)
     # a run's progress bar appears with its first update, when a worker has started it
     labels = [(resolved.strategies[i].label, k) for k, i in tasks]
     relay = threading.Thread(target=_relay, args=(queue, labels, progress), daemon=True)
     relay.start()
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx,
-                               initializer=_start_worker, initargs=(queue,))
+                               initializer=_start_worker, initargs=(queue, lifeline_r))
     finished = False
+    previous = _unwind_on_sigterm()
     try:
         futures: list[Future[RunResult]] = [
             pool.submit(_run_task, scenario, index, i, k, out, force, progress is not None)
@@ -78,6 +89,29 @@ def run_in_pool(resolved: ResolvedScenario, tasks: list[tuple[int, int]], out: P
             for process in processes:
                 if process.is_alive():
                     process.terminate()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        lifeline_r.close()
+        lifeline_w.close()
+
+
+class ParentTerminated(SystemExit):
+    """SIGTERM reached the parent while workers ran: unwind (stopping them) and exit 143."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise ParentTerminated
+
+
+def _unwind_on_sigterm() -> Any:
+    """Make SIGTERM unwind the parent (so ``run_in_pool`` stops its workers) instead of ending
+    it on the spot; return the previous handler, or None off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -97,11 +131,23 @@ class _Terminated(BaseException):
 _in_task = False
 
 
-def _start_worker(queue: Any) -> None:
+def _start_worker(queue: Any, lifeline: Any) -> None:
     global _queue
     _queue = queue
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, _on_terminate)
+    threading.Thread(target=_watch_parent, args=(lifeline,), daemon=True,
+                     name="simlb-parent-watchdog").start()
+
+
+def _watch_parent(lifeline: Any) -> None:
+    """Exit this worker at once when the parent is gone (its pipe end closes)."""
+    try:
+        while True:
+            lifeline.recv_bytes()  # nothing is ever sent; returns only by raising
+    except (EOFError, OSError):
+        pass
+    os._exit(128 + signal.SIGTERM)
 
 
 def _on_terminate(signum: int, frame: object) -> None:

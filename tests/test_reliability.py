@@ -3,6 +3,7 @@ writers, orphaned workers, report folders, trace output paths, clusters serving 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -252,3 +253,74 @@ def test_two_runs_racing_for_one_out_never_replace_each_other(tmp_path: Path) ->
     seed_dir = out / "test" / "round_robin" / "seed-7"
     assert (seed_dir / "summary.json").exists()
     assert sorted(p.name for p in seed_dir.parent.iterdir()) == ["seed-7"]
+
+
+# --- workers die with their parent (13.5) -----------------------------------------------------
+
+def _descendants(pid: int) -> set[int]:
+    """Live (not zombie) descendants of ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_workers_die_with_their_parent(tmp_path: Path, sig: str) -> None:
+    """After SIGKILL or SIGTERM of ``simlb run --jobs 2`` its workers, fork server and
+    resource tracker end within seconds, and no result directory appears afterwards."""
+    import signal
+    import time
+
+    raw = tiny(duration_s=4000.0)
+    raw["workload"]["arrivals"]["params"]["rate_rps"] = 40.0
+    raw["router"]["strategies"] = [{"name": "round_robin"}, {"name": "jsq"}]
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "sim", "run",
+                             str(write_scenario(tmp_path, raw)), "--out", str(out), "-q",
+                             "--jobs", "2"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    family: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(family) < 4 and time.monotonic() < deadline:  # 2 workers, server, tracker
+            time.sleep(0.2)
+            family = _descendants(proc.pid)
+        assert len(family) >= 4, family
+        time.sleep(0.5)  # the workers are simulating
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while _alive(family) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(family)
+        time.sleep(0.5)
+        assert not list(out.rglob("seed-*"))
+    finally:
+        proc.kill()
+        for pid in _alive(family | _descendants(proc.pid)):
+            os.kill(pid, 9)
