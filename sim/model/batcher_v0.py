@@ -245,13 +245,28 @@ class V0Batcher(ContinuousBatcher):
         return super().apply(plan, iterations, now)
 
     def _preempt(self, rid: int, now: float) -> None:
-        """As ``ContinuousBatcher._preempt``, also dropping the victim's finish entry.
-
-        The decode clock stands still in prefill steps, so a victim recomputed in the next
-        step rejoins with the same finish iteration as its stale heap entry, which
-        ``DecodeSet.pop_finished`` would then return twice. O(batch), once per preemption.
-        """
+        """As ``ContinuousBatcher._preempt``, also dropping the victim's finish entry."""
         super()._preempt(rid, now)
+        self._drop_finish_entry(rid)
+
+    def cancel(self, rid: int, now: float) -> Outcome | None:
+        """As ``ContinuousBatcher.cancel``, also dropping a decoding request's finish entry
+        (a retry may bring the same request back to this node)."""
+        decoding = rid in self._dec
+        outcome = super().cancel(rid, now)
+        if decoding:
+            self._drop_finish_entry(rid)
+        return outcome
+
+    def _drop_finish_entry(self, rid: int) -> None:
+        """Remove a request's stale entry from the decode set's finish heap.
+
+        The decode clock stands still in prefill steps, so a request that leaves the decode
+        set (preempted, or cancelled and sent here again) and is prefilled in the next step
+        rejoins with the same finish iteration as its stale entry, which
+        ``DecodeSet.pop_finished`` would then return twice. O(batch), once per preemption or
+        cancellation, never per step.
+        """
         heap = self._dec.finish_heap
         kept = [entry for entry in heap if entry[1] != rid]
         if len(kept) != len(heap):
