@@ -324,3 +324,30 @@ def test_workers_die_with_their_parent(tmp_path: Path, sig: str) -> None:
         proc.kill()
         for pid in _alive(family | _descendants(proc.pid)):
             os.kill(pid, 9)
+
+
+# --- simlb report --out replaces only its own folders (13.6) ----------------------------------
+
+def test_report_replaces_only_a_folder_it_wrote(tmp_path: Path) -> None:
+    """A folder holding an index.html but no marker is refused and left intact; a report
+    folder simlb wrote carries the marker and may be replaced."""
+    from sim.report.html import MARKER, check_out_dir
+
+    app.run_all(app.load(write_scenario(tmp_path, tiny())), tmp_path / "res")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("my home page", encoding="utf-8")
+    (site / "thesis.tex").write_text("years of work", encoding="utf-8")
+    expect_error(invoke("report", tmp_path / "res", "--out", site), str(site),
+                 "not written by simlb report")
+    assert sorted(p.name for p in site.iterdir()) == ["index.html", "thesis.tex"]
+    out = tmp_path / "report"
+    result = invoke("report", tmp_path / "res", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / MARKER).is_file() and (out / "index.html").is_file()
+    check_out_dir(out)  # a report simlb wrote may be replaced
+    (tmp_path / "empty").mkdir()
+    check_out_dir(tmp_path / "empty")
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    with pytest.raises(sim.errors.InputError, match="is a file"):
+        check_out_dir(tmp_path / "file")

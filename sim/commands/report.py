@@ -14,7 +14,8 @@ from sim.errors import InputError
 @click.argument("results_dirs", nargs=-1, required=True, metavar="RESULTS_DIR...",
                 type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Report folder (default: <first RESULTS_DIR>/report); replaced as a whole.")
+              help="Report folder (default: <first RESULTS_DIR>/report); replaced as a whole, "
+                   "but only if it is empty or a report simlb wrote (its .simlb-report file).")
 @click.option("--baseline", metavar="STRATEGY", default=None,
               help="Strategy the paired differences are taken against (default: the first).")
 def command(results_dirs: tuple[Path, ...], out: Path | None, baseline: str | None) -> None:

@@ -2,9 +2,10 @@
 HTML page (figures embedded as base64 PNG, no network needed to view it), each figure as PNG
 and SVG, a Markdown summary and the per-run table as CSV.
 
-Layout of the output folder (replaced as a whole, atomically)::
+Layout of the output folder (replaced as a whole, atomically; only a folder holding the
+``.simlb-report`` marker, an empty one or none is replaced)::
 
-    index.html  summary.md  runs.csv  figures/<name>.png  figures/<name>.svg
+    .simlb-report  index.html  summary.md  runs.csv  figures/<name>.png  figures/<name>.svg
 
 With several result sets (e.g. one scenario at several offered loads) each set gets its own
 section and its figure names are prefixed with the set's slug.
@@ -315,12 +316,22 @@ def _templates() -> jinja2.Environment:
         keep_trailing_newline=True)
 
 
+#: the file marking a folder as written by ``simlb report`` (only such a folder is replaced)
+MARKER = ".simlb-report"
+MARKER_TEXT = "written by simlb report; the whole folder is replaced by the next report\n"
+
+
 def check_out_dir(out: Path) -> None:
-    """Refuse an output folder that exists and is neither empty nor an earlier report."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir())
-                                              and not (out / "index.html").is_file())):
-        raise InputError("exists and is not a simlb report; choose another --out",
+    """Refuse an output folder that exists and is neither empty nor a report simlb wrote
+    (one holding the ``MARKER`` file): replacing it would delete what is in it."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError("is a file; expected a folder for the report (choose another --out)",
                          source=str(out))
+    if any(out.iterdir()) and not (out / MARKER).is_file():
+        raise InputError(f"exists and was not written by simlb report (no {MARKER} file in "
+                         f"it); choose another --out, or empty the folder", source=str(out))
 
 
 def _write_atomically(out: Path, files: dict[str, bytes | str]) -> None:
@@ -382,6 +393,7 @@ def build_report(result_dirs: Sequence[str | Path], out_dir: str | Path | None =
                "sources": [str(p) for p in result_dirs], "n_runs": len(runs)}
     env = _templates()
     files: dict[str, bytes | str] = {
+        MARKER: MARKER_TEXT,
         "index.html": env.get_template("report.html.j2").render(context),
         "summary.md": env.get_template("summary.md.j2").render(context),
         "runs.csv": runs.summaries.to_csv(index=False)}
