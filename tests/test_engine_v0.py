@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import simpy
 import yaml
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sim import app
 from sim.metrics.recorder import Recorder
@@ -22,7 +24,7 @@ from sim.model.requests import COMPLETED, REJECTED, RequestTable
 from sim.model.router import Router
 from sim.policy.base import strategies
 from sim.runner import simulate, workload_for
-from sim.workload.base import unique_prompt_workload
+from sim.workload.base import Workload, unique_prompt_workload
 
 from conftest import REPO, scenario_dict, write_scenario
 
@@ -198,6 +200,95 @@ def test_a_request_cancelled_and_sent_back_finishes_once():
     done = [sorted(step(b, float(t))[1]) for t in range(2, 6)]
     assert done == [[], [], [0, 1], []]     # 1 stalled for 0's prefill: both end together
     assert b.is_idle()
+
+
+def pool_workload(n: int = 40) -> Workload:
+    """Requests with shared prefixes (keys 1 and 2, key 2 extending key 1) and own tails
+    (as in tests/test_batcher.py)."""
+    rng = np.random.default_rng(11)
+    seg_ptr, seg_key, seg_len, prompt = [0], [], [], []
+    for i in range(n):
+        own = int(rng.integers(1, 30))
+        segs = {0: [(-1, own)], 1: [(1, 12), (-1, own)], 2: [(1, 12), (2, 9), (-1, own)],
+                3: [(1, 12), (2, 9)]}[i % 4]
+        seg_key += [k for k, _ in segs]
+        seg_len += [n_ for _, n_ in segs]
+        seg_ptr.append(len(seg_key))
+        prompt.append(sum(n_ for _, n_ in segs))
+    out = rng.integers(1, 25, n)
+    return Workload(arrival_s=np.zeros(n), prompt_tokens=np.array(prompt),
+                    output_tokens=out, max_output_tokens=out.copy(),
+                    session_id=np.full(n, -1), prefix_group=np.full(n, -1),
+                    seg_ptr=np.array(seg_ptr), seg_key=np.array(seg_key),
+                    seg_len=np.array(seg_len), output_key=np.full(n, -1),
+                    expected_rate_rps=1.0)
+
+
+class V0Machine(RuleBasedStateMachine):
+    """Random arrivals, steps, decode runs, cancellations and retries keep the v0 batcher
+    within its limits and consistent; every accepted request finishes once, with its tokens.
+    A small cache with shared prefixes, a watermark and padding make every rule fire."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = RequestTable(pool_workload())
+        self.config = v0_config(seqs=4, budget=64, watermark=0.05, pad=True, max_paddings=16)
+        self.b = V0Batcher(KVCache(24, 4), self.table, self.config)
+        self.next_rid, self.now, self.live, self.done = 0, 0.0, set(), []
+
+    @precondition(lambda self: self.next_rid < 40)
+    @rule()
+    def arrive(self) -> None:
+        if self.b.enqueue(self.next_rid, self.now) is None:
+            self.live.add(self.next_rid)
+        self.next_rid += 1
+
+    @rule(jump=st.integers(1, 30))
+    def iterate(self, jump: int) -> None:
+        plan = self.b.plan(self.now)
+        if plan is None:
+            assert self.b.is_idle(), "work left but nothing planned"
+            return
+        assert not (plan.chunks and plan.decode_batch), "a v0 step is prefill or decode"
+        assert plan.prefill_tokens <= self.config.max_num_batched_tokens
+        k = 1 if plan.chunks else min(jump, self.b.decode_run_limit())
+        self.now += 1.0
+        self._record(self.b.apply(plan, k, self.now))
+
+    @precondition(lambda self: self.live)
+    @rule(pick=st.integers(0, 39), again=st.booleans())
+    def cancel(self, pick: int, again: bool) -> None:
+        rid = sorted(self.live)[pick % len(self.live)]
+        outcome = self.b.cancel(rid, self.now)
+        assert outcome is not None
+        self.live.discard(rid)
+        if again and self.b.enqueue(rid, self.now) is None:   # a retry, back here
+            self.live.add(rid)
+
+    def _record(self, outcomes) -> None:
+        for outcome in outcomes:
+            self.table.record(outcome)
+            self.done.append(outcome.request_id)
+            self.live.discard(outcome.request_id)
+
+    @invariant()
+    def consistent(self) -> None:
+        self.b.check_invariants()
+
+    def teardown(self) -> None:
+        for _ in range(5000):
+            plan = self.b.plan(self.now)
+            if plan is None:
+                break
+            self.now += 1.0
+            self._record(self.b.apply(plan, 1, self.now))
+        assert not self.live and self.b.is_idle() and self.b.kv.used_blocks == 0
+        assert len(self.done) == len(set(self.done)), "a request finished twice"
+        assert all(self.table.generated_tokens[r] == self.table.output_tokens[r]
+                   for r in self.done)
+
+
+TestV0Machine = V0Machine.TestCase
 
 
 # -- whole simulations ----------------------------------------------------------------------
