@@ -339,7 +339,7 @@ def test_report_replaces_only_a_folder_it_wrote(tmp_path: Path) -> None:
     (site / "index.html").write_text("my home page", encoding="utf-8")
     (site / "thesis.tex").write_text("years of work", encoding="utf-8")
     expect_error(invoke("report", tmp_path / "res", "--out", site), str(site),
-                 "not written by simlb report")
+                 "is not a simlb report")
     assert sorted(p.name for p in site.iterdir()) == ["index.html", "thesis.tex"]
     out = tmp_path / "report"
     result = invoke("report", tmp_path / "res", "--out", out)

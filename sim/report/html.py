@@ -330,7 +330,7 @@ def check_out_dir(out: Path) -> None:
         raise InputError("is a file; expected a folder for the report (choose another --out)",
                          source=str(out))
     if any(out.iterdir()) and not (out / MARKER).is_file():
-        raise InputError(f"exists and was not written by simlb report (no {MARKER} file in "
+        raise InputError(f"exists and is not a simlb report (no {MARKER} file in "
                          f"it); choose another --out, or empty the folder", source=str(out))
 
 
