@@ -35,6 +35,8 @@ from scipy.optimize import isotonic_regression
 from sim.errors import InputError
 
 ENGINE = "vllm"
+#: vLLM's custom all-reduce handles tensors up to 8 MiB (CustomAllreduce max_size); NCCL above
+CUSTOM_ALLREDUCE_MAX_BYTES = 8 * 1024 * 1024
 LICENCE = "Apache-2.0 (NVIDIA aiconfigurator-core, PyPI)"
 
 
@@ -236,10 +238,11 @@ class Tables:
 
     # --- communication ----------------------------------------------------------------------
     def allreduce_ms(self, elements: np.ndarray, gpus: int, graph: np.ndarray) -> np.ndarray:
-        """vLLM custom all-reduce latency (ms) of bf16 tensors of ``elements`` values: the
-        ``vllm_graph`` backend where ``graph`` (CUDA-graph steps), else ``vllm_eager``; log-log
-        in size. The table's ``message_size`` is an element count (aiconfigurator-core's
-        communication shim factors it into tokens x per-token elements), not bytes."""
+        """All-reduce latency (ms) of bf16 tensors of ``elements`` values, as vLLM picks it: its
+        custom all-reduce up to 8 MiB (backend ``vllm_graph`` where ``graph``, i.e. CUDA-graph
+        steps, else ``vllm_eager``), NCCL above; log-log in size. The tables' ``message_size``
+        is an element count (aiconfigurator-core's communication shim factors it into tokens x
+        per-token elements), not bytes."""
         versions = _versions(self.base / "comm" / ENGINE)
         version = self.version if self.version in versions else None
         if version is None:
@@ -250,16 +253,39 @@ class Tables:
             version = older[-1]
             self.scaled["comm.version"] = f"all-reduce from vllm {version} (no {self.version})"
         df = _read(self.file("comm", "custom_allreduce_perf.parquet", version))
-        out = np.empty(len(elements))
-        for backend, mask in (("vllm_graph", graph), ("vllm_eager", ~graph)):
+        size = np.asarray(elements, float)
+        big = size * 2 > CUSTOM_ALLREDUCE_MAX_BYTES
+        out = np.empty(len(size))
+        for backend, mask in (("vllm_graph", graph & ~big), ("vllm_eager", ~graph & ~big)):
             rows = df[(df.num_gpus == gpus) & (df.backend == backend)]
             if not len(rows):
                 raise InputError(f"no {gpus}-GPU all-reduce data for {self.system} vllm "
                                  f"{version}; measured GPU counts: "
                                  f"{sorted(df.num_gpus.unique().tolist())}")
             x, y = _monotone_curve(rows.message_size.to_numpy(), rows.latency.to_numpy())
-            out[mask] = _loglog(x, y, np.asarray(elements, float)[mask])
+            out[mask] = _loglog(x, y, size[mask])
+        if big.any():
+            x, y = self._nccl_allreduce(gpus)
+            out[big] = _loglog(x, y, size[big])
         return out
+
+    def _nccl_allreduce(self, gpus: int) -> tuple[np.ndarray, np.ndarray]:
+        """NCCL all-reduce curve (fp16 rows, element counts) of the system's NCCL version
+        (``misc.nccl_version`` of the YAML; else the newest measured)."""
+        folder = self.base / "comm" / "nccl"
+        have = _versions(folder)
+        want = str(self.system_yaml().get("misc", {}).get("nccl_version", ""))
+        version = want if want in have else (have[-1] if have else None)
+        if version is None:
+            raise InputError(f"no NCCL data for {self.system}")
+        path = folder / version / "nccl_perf.parquet"
+        self.used.add(path)
+        df = _read(path)
+        rows = df[(df.op_name == "all_reduce") & (df.nccl_dtype == "half")
+                  & (df.num_gpus == gpus)]
+        if not len(rows):
+            raise InputError(f"no {gpus}-GPU NCCL all-reduce data for {self.system}")
+        return _monotone_curve(rows.message_size.to_numpy(), rows.latency.to_numpy())
 
     # --- attention --------------------------------------------------------------------------
     def attention_rows(self, phase: str, q_heads: int, kv_heads: int,

@@ -18,10 +18,11 @@ Per term (every figure per GPU, milliseconds):
   plus the embedding gather and the final RMSNorm on all N rows (vLLM normalises every row before
   selecting the logits rows).
 * ``comm(N)``: two all-reduces per layer, plus one after the vocab-parallel embedding, of
-  ``N * h`` bf16 values (``N * h * 2`` bytes), vLLM's custom all-reduce
+  ``N * h`` bf16 values (``N * h * 2`` bytes), vLLM's custom all-reduce up to 8 MiB
   (``custom_allreduce_perf.parquet``, whose ``message_size`` counts elements): backend
   ``vllm_graph`` for N <= 512 (vLLM's largest default CUDA-graph capture size, so decode-size
-  steps replay graphs), ``vllm_eager`` above.
+  steps replay graphs), ``vllm_eager`` above; NCCL (``comm/nccl/<YAML nccl_version>``) for
+  larger tensors, as vLLM falls back to it (its symmetric-memory all-reduce is not modelled).
 * ``head(S)``: the LM-head GEMM [h -> V/tp] at m = S (n beyond the measured 65536 scaled
   proportionally: column blocks of a GEMM are independent), for TP > 1 the logits all-gather
   (approximated by the all-reduce of the S*V gathered values: an upper bound), and a sampling
