@@ -351,3 +351,46 @@ def test_report_replaces_only_a_folder_it_wrote(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x", encoding="utf-8")
     with pytest.raises(sim.errors.InputError, match="is a file"):
         check_out_dir(tmp_path / "file")
+
+
+# --- simlb trace output paths (13.7) ----------------------------------------------------------
+
+def _azure_trace(tmp_path: Path) -> Path:
+    path = tmp_path / "conv.csv"
+    rows = [f"2023-11-16 18:15:{i // 4:02d}.{(i % 4) * 250000:06d},{100 + i},{20 + i % 9}"
+            for i in range(200)]
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(rows) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["fit", "-o", "{tmp}/missing/twin.yaml"], "does not exist"),
+    (["fit", "-o", "{tmp}/conv.csv/twin.yaml"], "is not a folder"),
+    (["stats", "--plot", "{tmp}/rates.jpgx"], "expected a file name ending in .png"),
+    (["stats", "--plot", "{tmp}/missing/rates.png"], "does not exist"),
+    (["stats", "--plot", "{tmp}/conv.csv/rates.png"], "is not a folder"),
+])
+def test_trace_output_paths_are_checked_first(tmp_path: Path, args: list[str],
+                                              needle: str) -> None:
+    """Bad output paths of simlb trace give one line before the trace is read."""
+    trace = _azure_trace(tmp_path)
+    result = invoke("trace", args[0], trace, *[a.format(tmp=tmp_path) for a in args[1:]])
+    expect_error(result, needle)
+
+
+def test_trace_outputs_that_fail_to_write_are_one_line(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write refused by the system (read-only folder, full disk) is one line, exit 2."""
+    import matplotlib.figure
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    trace = _azure_trace(tmp_path)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", refuse)
+    expect_error(invoke("trace", "stats", trace, "--plot", tmp_path / "r.png"),
+                 "cannot write the plot (Permission denied)")
+    monkeypatch.setattr(Path, "write_text", refuse)
+    expect_error(invoke("trace", "fit", trace, "-o", tmp_path / "twin.yaml"),
+                 "cannot write the twin (Permission denied)")

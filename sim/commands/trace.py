@@ -142,6 +142,8 @@ def stats(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str 
     """Rates, burstiness, length distributions and prefix reuse of the trace FILE."""
     from sim.workload.trace_stats import trace_stats
 
+    if plot is not None:
+        _check_output(plot, "--plot", PLOT_SUFFIXES)
     spec, workload = _load(file, fmt, columns, time_unit, hash_block_tokens, strict,
                            keep_failed, zero_tokens)
     result = trace_stats(workload, nodes=nodes, block_tokens=spec.hash_block_tokens)
@@ -176,6 +178,7 @@ def fit(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str | 
     from sim.workload.trace_stats import trace_stats
     from sim.workload.twin import fit_twin
 
+    _check_output(output, "--output")
     spec, workload = _load(file, fmt, columns, time_unit, hash_block_tokens, strict,
                            keep_failed, zero_tokens)
     try:
@@ -190,6 +193,36 @@ def fit(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str | 
     _write_twin(output, file, spec.format, block, span, _comparison_rows(original, copy))
     _print_comparison(original, copy, seed)
     click.echo(f"twin: {output}")
+
+
+#: image formats ``--plot`` writes (by the file name's extension)
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def _check_output(path: Path, option: str, suffixes: tuple[str, ...] = ()) -> None:
+    """Refuse an output file that cannot be written, before any work is done: a name
+    without one of ``suffixes``, a folder that is missing, a file or read-only.
+
+    Raises:
+        InputError: naming the path, the option and what was expected.
+    """
+    import os
+
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise InputError(f"expected a file name ending in {', '.join(suffixes)}, got "
+                         f"{path.name!r}", source=str(path), field=option)
+    if path.is_dir():
+        raise InputError("is a folder; expected a file name", source=str(path), field=option)
+    folder = path.parent
+    if not folder.exists():
+        raise InputError(f"folder {folder} does not exist; expected an existing folder",
+                         source=str(path), field=option)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder", source=str(path), field=option)
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists()
+                                                     and not os.access(path, os.W_OK)):
+        raise InputError(f"cannot write into {folder}; expected a writable file",
+                         source=str(path), field=option)
 
 
 def _comparison_rows(original: Any, twin: Any) -> list[tuple[str, float, float]]:
@@ -208,7 +241,11 @@ def _write_twin(path: Path, file: Path, fmt: str, block: dict[str, Any], span_s:
     lines += [f"#   {k}: {a:.4g} / {b:.4g}" for k, a, b in rows]
     body = yaml.safe_dump({"duration_s": float(f"{span_s:.9g}"), "workload": block},
                           sort_keys=False, default_flow_style=None, width=100)
-    path.write_text("\n".join(lines) + "\n" + body, encoding="utf-8")
+    try:
+        path.write_text("\n".join(lines) + "\n" + body, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write the twin ({exc.strerror or exc})", source=str(path),
+                         field="--output") from None
 
 
 def _console() -> Any:
@@ -300,4 +337,8 @@ def _plot(workload: Any, out: Path, title: str) -> None:
         ax.hist(values, bins=np.geomspace(1, max(int(values.max()), 2) * 1.01, 60))
         ax.set_xscale("log")
         ax.set(xlabel=f"{name} tokens", ylabel="requests", title=f"{name} lengths")
-    fig.savefig(out, dpi=110)
+    try:
+        fig.savefig(out, dpi=110)
+    except OSError as exc:
+        raise InputError(f"cannot write the plot ({exc.strerror or exc})", source=str(out),
+                         field="--plot") from None
