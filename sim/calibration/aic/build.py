@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -165,9 +166,9 @@ def hardware(t: Tables, tp: int, yaml_: dict[str, Any], total: int, note: str,
     """Datasheet figures (system YAML) and effective rates read off the measured GEMMs."""
     g = t.gemm_frame()
     small = g[(g.m == 1) & (g.n * g.k >= 1 << 26)]
-    bw = float((small.n * small.k * 2 / (small.latency * 1e-3)).max())
-    big = g[g.m >= 4096]
-    flops = float((2 * big.m * big.n * big.k / (big.latency * 1e-3)).max())
+    bw = float((small.n * small.k * 2 / (small.latency * 1e-3)).median())
+    big = g[(g.m >= 4096) & (g.n >= 4096) & (g.k >= 4096)]
+    flops = float((2 * big.m * big.n * big.k / (big.latency * 1e-3)).median())
     gpu = yaml_["gpu"]
     return {
         "gpu": t.device(), "tensor_parallel": tp, "memory_bytes_per_gpu": total,
@@ -177,10 +178,10 @@ def hardware(t: Tables, tp: int, yaml_: dict[str, Any], total: int, note: str,
         "effective_gemm_flops_per_gpu": sig(flops, 4),
         "effective_attention_flops_per_gpu": sig(attn_flops, 4),
         "notes": (f"memory: {note}; peak bf16 FLOP/s and HBM bandwidth from aiconfigurator-core "
-                  f"systems/{t.system}.yaml; effective bandwidth = best weight bytes / latency "
+                  f"systems/{t.system}.yaml; effective bandwidth = median weight bytes / latency "
                   f"of the measured bf16 GEMMs at m=1 (n*k >= 2^26), effective GEMM FLOP/s = "
-                  f"best measured at m >= 4096; attention FLOP/s = 4*Hq/tp*D / the fitted "
-                  f"per-layer pair coefficient"),
+                  f"median of those with m, n, k >= 4096; attention FLOP/s = 4*Hq/tp*D / the "
+                  f"fitted per-layer pair coefficient"),
     }
 
 
@@ -201,14 +202,14 @@ def method_text(m: ModelSpec, tp: int, system: str, version: str) -> str:
     """``source.method`` prose: the terms module's description, specialised."""
     moe = (f" MoE layers: router GEMM [h -> {m.experts}] + measured fused-MoE block "
            f"({m.experts} experts, top-{m.topk}, inter {m.inter}, moe_tp {tp}, balanced).")
-    return (
+    return " ".join((
         f"Derived from NVIDIA aiconfigurator-core {package_version()} measured kernel tables "
         f"({system}, vllm {version}), no run of this model. "
         + terms.__doc__.split("\n\n", 1)[1].replace("\n", " ").strip()
         + (moe if m.experts else "")
         + " KV: vLLM rule with analytic terms (kv_cache.method). mixed_factor 1.0 (additive) "
           "and cpu_overhead_ms 0 (GPU kernel time only; host overhead is set elsewhere)."
-    )
+    ).split())
 
 
 def derive(opts: Options, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -246,8 +247,6 @@ def derive(opts: Options, echo: Callable[[str], None] | None = None) -> dict[str
     data_files = [{"path": p.relative_to(package_root().parent).as_posix(),
                    "sha256": sha256_file(p), "licence": LICENCE} for p in files]
     if config_src.endswith(".json"):
-        from pathlib import Path
-
         cpath = Path(config_src)
         shown = (cpath.relative_to(package_root().parent).as_posix()
                  if package_root() in cpath.parents else f"model_configs/{cpath.name}")
@@ -256,7 +255,8 @@ def derive(opts: Options, echo: Callable[[str], None] | None = None) -> dict[str
     quality.update({
         "lin": lin_quality,
         "head": "LM-head GEMM lookup + sampling allowance (roofline), not fitted",
-        "comm": None if comm is None else "custom all-reduce lookup, not fitted",
+        "comm": None if comm is None else ("vLLM custom all-reduce (<= 8 MiB) and NCCL "
+                                            "lookups, not fitted"),
         "lookups": {"scaled": dict(sorted(t.scaled.items())),
                     "extrapolated": dict(sorted(t.extrapolated.items())),
                     "n_extrapolated": len(t.extrapolated)},
