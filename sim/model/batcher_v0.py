@@ -15,14 +15,14 @@ rules of ``vllm/core/scheduler.py`` ``Scheduler._schedule_default`` (v0.4-v0.6, 
 3. **Token budget**: the sum of the admitted prompts' lengths (``SchedulingBudget.
    can_schedule``). A preempted request's prompt is its prompt plus the tokens generated so far
    (recompute treats them as a new prompt). With prefix caching the whole sequence still counts
-   (v0 up to 0.6.4 asked ``get_num_new_tokens``, which ignores cached blocks; later 0.6.x
-   counted only uncached tokens) while only the uncached part is computed.
-   ``pad_prefill=True`` reproduces v0.2.x (``vllm/core/scheduler.py`` ``_schedule``, v0.2.2 to
-   v0.3.x, when prompts ran as a padded 2-D batch): the batch counts ``len(prompts) *
-   max(prompt lengths)`` tokens against the budget, and admission also stops once the padding
-   (that count minus the real tokens) would exceed ``max_paddings`` (256 in those versions).
-   v0.4 flattened the inputs to 1-D and dropped both. Padding changes the budget only: the
-   iteration is priced and recorded with its real tokens.
+   (``get_num_new_tokens`` ignores cached blocks; only the last 0.6.x releases budgeted the
+   uncached tokens) while only the uncached part is computed.
+   ``pad_prefill=True`` reproduces the v0.2-v0.3 releases (``vllm/core/scheduler.py``
+   ``_schedule`` from about 0.2.2, when prompts ran as a padded 2-D batch): the batch counts
+   ``len(prompts) * max(prompt lengths)`` tokens against the budget, and admission also stops
+   once the padding (that count minus the real tokens) would exceed ``max_paddings`` (256 in
+   those versions). The v0.4 line flattened the inputs to 1-D and dropped both. Padding
+   changes the budget only: the iteration is priced and recorded with its real tokens.
 4. **Watermark** (``BlockSpaceManager.can_allocate``, ``vllm/core/block_manager_v1.py`` and
    ``block_manager_v2.py``): a prompt needing ``b`` blocks (all its blocks: v0 does not credit
    prefix hits there; free blocks include evictable cached ones) is admitted only if
@@ -33,8 +33,8 @@ rules of ``vllm/core/scheduler.py`` ``Scheduler._schedule_default`` (v0.4-v0.6, 
    is capped at ``(total - watermark_blocks) * block_size`` so an admitted request can always
    be readmitted after a preemption.
 5. **Decode growth and preemption** (``_schedule_running`` with ``_can_append_slots``): running
-   requests are visited in running order (admission order; v0.4-0.5 sorted them by arrival with
-   the FCFS policy, v0.6 no longer sorts); each needs at least one free block at its turn
+   requests are visited in running order (admission order; 0.4.x sorted them by arrival with
+   the FCFS policy, 0.6.x no longer sorts); each needs at least one free block at its turn
    (block manager v1: "at least one free block for each sequence"; v2:
    ``get_num_blocks_touched_by_append_slots`` is 1 for a one-token append), even if its token
    still fits its last block. When it has none, the newest running request is preempted by
@@ -50,7 +50,7 @@ next token too. Not modelled: v0's chunked-prefill scheduler (``_schedule_chunke
 decodes first, then the partial and new prefills under one budget; use the ``continuous``
 batcher, whose rules it shares except the watermark and the one-block-per-decode check), the
 ``delay_factor`` prefill delay (0 by default), beam search / ``n > 1``, swapping, and the
-v0.4-0.5 arrival-time sorting of the running queue.
+0.4.x arrival-time sorting of the running queue.
 
 **Fast-forward.** During a run of decode steps nothing makes the queue head admissible: the
 budget and the batch size do not change, free blocks only shrink (evicting a cached block does
@@ -98,7 +98,8 @@ class V0Batcher(ContinuousBatcher):
     class Params(StrictModel):
         """vLLM v0 engine limits (``EngineArgs`` names and defaults, v0.4-v0.6)."""
 
-        max_num_seqs: int = Field(256, ge=1)
+        max_num_seqs: int = Field(256, ge=1, description="most running requests (a prefill "
+                                                         "step admits only up to it)")
         max_num_batched_tokens: int | None = Field(
             None, ge=1, description="token budget of a prefill step; null: vLLM v0's default "
                                     "max(max_model_len, 2048) (2048 without a max_model_len)")
