@@ -80,6 +80,30 @@ def run_all(resolved: ResolvedScenario, out: Path, *, force: bool = False,
     return results
 
 
+def served_nothing(results: Sequence[RunResult]) -> str | None:
+    """Why runs in which no measured request completed are useless (the first such run's
+    counts), or None when every run served requests."""
+    idle = [r for r in results
+            if r.summary["requests"]["measured"]["completed"] == 0]  # type: ignore[index]
+    if not idle:
+        return None
+    run = idle[0]
+    m = run.summary["requests"]["measured"]  # type: ignore[index]
+    if m["arrived"] == 0:
+        why = ("no request arrived in the measurement window [warmup_s, duration_s); raise "
+               "the arrival rate or duration_s")
+    elif m["rejected"] == m["arrived"]:
+        why = (f"all {m['arrived']} measured requests were rejected: prompt + "
+               f"max_output_tokens beyond what a node accepts (max_model_len_tokens, the "
+               f"profile's context, the KV capacity)")
+    else:
+        why = (f"none of {m['arrived']} measured requests completed ({m['rejected']} "
+               f"rejected, {m['unfinished']} unfinished, {m['failed']} failed)")
+    return (f"the cluster served no request in {len(idle)} of {len(results)} runs "
+            f"({run.label}/seed-{run.seed}: {why}); grade n/a, results written for "
+            f"inspection")
+
+
 def run_one(resolved: ResolvedScenario, choice_index: int, replication: int, out: Path,
             force: bool, progress: Progress | None = None) -> RunResult:
     """Generate one replication's workload, simulate one strategy on it and write the result

@@ -151,15 +151,18 @@ def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
         sc = resolved.scenario
         report_path = build_report([run_dir(out, sc.name, r.label, r.seed) for r in results],
                                    out / sc.name / "report")
+    idle = app.served_nothing(results)
     if as_json:  # strict JSON: NaN and infinity become null
         click.echo(dumps_json({f"{r.label}/seed-{r.seed}": r.summary for r in results}), nl=False)
-        return
-    out_console = Console() if sys.stdout.isatty() else Console(width=200)
-    out_console.print(comparison_table(results, f"{resolved.scenario.name}: "
-                                              f"{len(resolved.node_specs)} nodes"))
-    click.echo(f"results: {out / resolved.scenario.name}/<strategy>/seed-<k>/")
-    if report_path is not None:
-        click.echo(f"report: {report_path}")
+    else:
+        out_console = Console() if sys.stdout.isatty() else Console(width=200)
+        out_console.print(comparison_table(results, f"{resolved.scenario.name}: "
+                                                  f"{len(resolved.node_specs)} nodes"))
+        click.echo(f"results: {out / resolved.scenario.name}/<strategy>/seed-<k>/")
+        if report_path is not None:
+            click.echo(f"report: {report_path}")
+    if idle is not None:
+        _fail(f"simlb: error: {resolved.source}: {idle}", 2)
 
 
 @main.command()

@@ -394,3 +394,34 @@ def test_trace_outputs_that_fail_to_write_are_one_line(tmp_path: Path,
     monkeypatch.setattr(Path, "write_text", refuse)
     expect_error(invoke("trace", "fit", trace, "-o", tmp_path / "twin.yaml"),
                  "cannot write the twin (Permission denied)")
+
+
+# --- a cluster that serves nothing (13.8) -----------------------------------------------------
+
+@pytest.mark.parametrize(("assignment", "needle"), [
+    ("cluster.node_groups.0.max_model_len_tokens=2", "measured requests were rejected"),
+    ("workload.arrivals={name: poisson, params: {rate_rps: 0.0001}}", "no request arrived"),
+])
+def test_a_cluster_serving_nothing_is_not_excellent(tmp_path: Path, assignment: str,
+                                                     needle: str) -> None:
+    """Every request rejected, or none arriving: grade n/a, one error line, exit 2 (the
+    results are written for inspection)."""
+    import json
+
+    out = tmp_path / "out"
+    result = invoke("run", write_scenario(tmp_path, tiny()), "--out", out, "-q", "--set",
+                    assignment)
+    line = result.stderr.splitlines()[-1]
+    assert result.exit_code == 2, result.output
+    assert line.startswith("simlb: error: ") and "served no request" in line and needle in line
+    summary = json.loads((out / "test" / "round_robin" / "seed-7" / "summary.json").read_text())
+    assert summary["utilization"]["grade"]["grade"] == "n/a"
+    assert "n/a" in result.stdout
+
+
+def test_a_cluster_serving_requests_keeps_its_grade_and_exit_code(tmp_path: Path) -> None:
+    """The ordinary case is unchanged: exit 0, a CV grade."""
+    result = invoke("run", write_scenario(tmp_path, tiny()), "--out", tmp_path / "o", "-q",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    assert '"grade": "n/a"' not in result.stdout

@@ -21,7 +21,8 @@ requests are those arriving in it; latencies are over measured requests that com
   ``batch_occupancy`` (time-weighted running requests / max_num_seqs) and ``mfu`` (model FLOPs /
   peak FLOPs). For each: CV = std/mean over nodes (population std) and imbalance ratio =
   (max - min) / max. The grade uses the CV of the sense named in ``grade.sense``: Excellent
-  < 0.1, Good < 0.2, Fair < 0.3, else Poor.
+  < 0.1, Good < 0.2, Fair < 0.3, else Poor; ``n/a`` when no measured request completed (an
+  idle cluster has CV 0 but served nothing).
 * Little's law check: L = time-average number of requests in the system (all nodes, waiting +
   running) over the window; lambda = arrivals in the window that were not rejected, per second;
   W = mean E2E of the measured completed requests. L / (lambda W) is 1 for a stationary run.
@@ -41,6 +42,8 @@ from sim.model.requests import COMPLETED, FAILED, REJECTED, UNFINISHED
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p99.9": 0.999}
 GRADES = ((0.1, "Excellent"), (0.2, "Good"), (0.3, "Fair"))
+#: the grade of a run in which no measured request completed
+NOT_GRADED = "n/a"
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,8 @@ def summarize(data: RunData) -> dict[str, object]:
         "preemptions": {"total": int(req["preemptions"].sum()),
                         "requests_preempted": int((req["preemptions"] > 0).sum()),
                         "recomputed_tokens": int(req["recomputed_tokens"].sum())},
-        "utilization": fold_grade(_utilisation(data, util), herd),
+        "utilization": _ungraded_if_idle(fold_grade(_utilisation(data, util), herd),
+                                         int(done.sum())),
         "herding": herd,
         "littles_law": {"L": in_system, "lambda_rps": lam, "W_s": w,
                         "ratio": in_system / (lam * w) if lam > 0 and w > 0 else None},
@@ -297,6 +301,17 @@ def summarize(data: RunData) -> dict[str, object]:
         "strategy": dict(data.strategy_stats),
         "balance_over_time": balance_over_time(data),
     }
+
+
+def _ungraded_if_idle(utilization: dict[str, object], completed: int) -> dict[str, object]:
+    """Grade ``n/a`` when no measured request completed: an idle cluster is perfectly
+    balanced (CV 0) but has served nothing, so no grade applies."""
+    if completed:
+        return utilization
+    block = dict(utilization["grade"])  # type: ignore[call-overload]
+    block["grade"] = NOT_GRADED
+    block["note"] = "no measured request completed; nothing to grade"
+    return {**utilization, "grade": block}
 
 
 def _router_section(data: RunData) -> dict[str, float]:
