@@ -2,10 +2,10 @@
 
 Per term (every figure per GPU, milliseconds):
 
-* ``lin(N)``, N tokens in the step (tabulated at every measured GEMM m up to 16384, where the
-  tile staircase jumps, e.g. from m = 1024 to 1025, and on a geometric grid in between): per
-  layer the four GEMMs of the TP-split layer (QKV [h -> (Hq+2Hkv)D/tp], O [HqD/tp -> h],
-  gate+up [h -> 2I/tp], down [I/tp -> h]) looked up in
+* ``lin(N)``, N tokens in the step (tabulated up to the largest measured GEMM m, 16384 at most,
+  at every measured m, where the tile staircase jumps, e.g. from m = 1024 to 1025, and on a
+  geometric grid in between): per layer the four GEMMs of the TP-split layer (QKV
+  [h -> (Hq+2Hkv)D/tp], O [HqD/tp -> h], gate+up [h -> 2I/tp], down [I/tp -> h]) looked up in
   ``gemm_perf.parquet`` (bf16 ``torch.nn.functional.linear``); for MoE layers the router GEMM
   [h -> E] plus the fused-MoE block of ``moe_perf.parquet`` (bf16 Triton experts, balanced
   routing, moe_tp = tp), whose measured latency at N tokens already reflects how many distinct
@@ -119,8 +119,11 @@ def lin_parts(t: Tables, m: ModelSpec, tp: int, roof: Roofline,
 
 def lin_table(t: Tables, m: ModelSpec, tp: int, roof: Roofline) -> tuple[dict, dict]:
     """The ``lin`` table and its breakdown at a few N (for ``fit_quality``)."""
-    measured = {int(v) for v in t.gemm_frame().m.unique() if v <= LIN_GRID[-1]}
-    grid = tuple(sorted(measured | set(LIN_GRID)))  # measured m keep the GEMM staircase
+    # the grid ends at the largest measured GEMM m (16384 at most); the measured m keep the
+    # GEMM staircase; beyond the grid the simulator's linear tail applies (and counts the step)
+    measured = {int(v) for v in t.gemm_frame().m.unique()}
+    cap = min(LIN_GRID[-1], max(measured))
+    grid = tuple(sorted(v for v in measured | set(LIN_GRID) if v <= cap))
     x = np.asarray(grid, float)
     parts = lin_parts(t, m, tp, roof, x)
     table = _table(grid, sum(parts.values()), "slope_ms_per_token", "x_tokens")
