@@ -163,7 +163,7 @@ class Tables:
         return _gemm_curve(self.file("gemm", "gemm_perf.parquet"), int(n), int(k))
 
     def gemm_ms(self, m: np.ndarray, n: int, k: int, label: str) -> np.ndarray:
-        """bf16 ``torch.nn.functional.linear`` latency (ms) of [m, k] x [k, n] at each m."""
+        """bf16 GEMM latency (ms) of [m, k] x [k, n] at each m (``GEMM_KERNELS``)."""
         df = self.gemm_frame()
         ns, ks = np.sort(df.n.unique()).astype(float), np.sort(df.k.unique()).astype(float)
         factor = 1.0
@@ -193,17 +193,24 @@ class Tables:
     # --- MoE --------------------------------------------------------------------------------
     def moe_ms(self, m: np.ndarray, hidden: int, inter: int, topk: int, experts: int,
                tp: int) -> tuple[np.ndarray, str]:
-        """Fused-MoE block latency (ms) at m tokens, bf16 unquantized Triton kernel, balanced
-        routing, experts split by tensor parallelism (moe_tp = tp, ep = 1, vLLM's default).
+        """Fused-MoE block latency (ms) at m tokens, bf16 unquantized Triton kernel (A100 0.14:
+        ``vllm_fused_moe``), balanced routing (where not measured: the mildest power law,
+        recorded in ``scaled``), experts split by tensor parallelism (moe_tp = tp, ep = 1,
+        vLLM's default).
 
         An unmeasured shape is scaled from the nearest measured one (same topk if possible) by
         the ratio of roofline times max(weight bytes of the distinct experts N tokens activate
         under uniform routing / bw, FLOPs / F), and recorded in ``extrapolated``.
         """
         df = _read(self.file("moe", "moe_perf.parquet"))
-        df = df[(df.moe_dtype == "bfloat16") & (df.distribution == "balanced")
-                & (df.kernel_source == "vllm_unquantizedfusedmoe_triton_tritonexperts")
-                & (df.moe_ep_size == 1) & (df.moe_tp_size == tp)]
+        df = df[(df.moe_dtype == "bfloat16") & (df.moe_ep_size == 1) & (df.moe_tp_size == tp)]
+        kernels = set(df.kernel_source.unique())
+        kernel = next((k for k in MOE_KERNELS if k in kernels), min(kernels, default=""))
+        dists = sorted(df.distribution.unique())
+        dist_ = "balanced" if "balanced" in dists else (dists[0] if dists else "")
+        if dist_ and dist_ != "balanced":
+            self.scaled["moe.distribution"] = f"no balanced rows; {dist_} (the mildest skew)"
+        df = df[(df.kernel_source == kernel) & (df.distribution == dist_)]
         keys = ["hidden_size", "inter_size", "topk", "num_experts"]
         exact = df[(df.hidden_size == hidden) & (df.inter_size == inter) & (df.topk == topk)
                    & (df.num_experts == experts)]
@@ -311,6 +318,8 @@ class Tables:
         return rows, best  # type: ignore[return-value]
 
 
+#: bf16 fused-MoE kernel names, preferred first (vLLM 0.24 tables; the A100's 0.14 tables)
+MOE_KERNELS = ("vllm_unquantizedfusedmoe_triton_tritonexperts", "vllm_fused_moe")
 #: bf16 GEMM kernel names, preferred first (vLLM 0.24 tables; the A100's 0.14 tables)
 GEMM_KERNELS = ("torch.nn.functional.linear", "vllm_default")
 
