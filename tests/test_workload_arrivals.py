@@ -16,6 +16,10 @@ EXAMPLES: dict[str, dict[str, object]] = {
     "gamma": {"rate_rps": 20.0, "cv": 2.5},
     "mmpp2": {"low_rps": 2.0, "high_rps": 20.0, "mean_low_s": 4.0, "mean_high_s": 1.0},
     "piecewise": {"rates_rps": [1.0, 5.0, 0.0, 10.0], "period_s": 40.0},
+    "clustered": {"base": {"name": "poisson", "params": {"rate_rps": 10.0}},
+                  "sizes": {"name": "empirical", "params": {"values_tokens": [1, 4],
+                                                            "weights": [3.0, 1.0]}},
+                  "spread_s": 0.01},
 }
 
 

@@ -19,6 +19,9 @@ EXAMPLES: dict[str, dict[str, object]] = {
     "lognormal": {"median_tokens": 900.0, "sigma": 0.8, "max_tokens": 8192},
     "empirical": {"values_tokens": [5, 50, 500, 7], "weights": [1.0, 2.0, 0.0, 0.5]},
     "geometric": {"mean_tokens": 200.0},
+    "empirical_by_prompt": {"prompt_edges_tokens": [100], "bin_weights": [0.5, 0.5],
+                            "tables": [{"values_tokens": [5, 50]},
+                                       {"values_tokens": [500, 7], "weights": [1.0, 3.0]}]},
 }
 SAMPLES = 200_000
 

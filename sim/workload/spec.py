@@ -295,9 +295,14 @@ def _request_mix(spec: WorkloadSpec, w: Workload, seed: int) -> Workload:
     return dataclasses.replace(w, extra=extra)
 
 
-def _outputs(parts: _Parts, n: int, seed: int) -> tuple[np.ndarray, str, dict[str, int]]:
-    """Draw ``n`` output lengths; cut any above the cap and say so (and count them)."""
-    out = parts.output.sample(stream(seed, "workload", "output_tokens"), n)
+def _outputs(parts: _Parts, n: int, seed: int,
+             prompt: np.ndarray) -> tuple[np.ndarray, str, dict[str, int]]:
+    """Draw ``n`` output lengths (given each request's ``prompt`` length when the output
+    component depends on it, ``sample_given``: the whole prompt for single turns, the new
+    message in sessions); cut any above the cap and say so (and count them)."""
+    rng = stream(seed, "workload", "output_tokens")
+    given = getattr(parts.output, "sample_given", None)
+    out = given(rng, prompt) if given is not None else parts.output.sample(rng, n)
     over = int(np.count_nonzero(out > parts.max_output_tokens))
     if not over:
         return out, "", {"capped": 0}
@@ -327,8 +332,8 @@ def _single_turn(parts: _Parts, arrival_s: np.ndarray, seed: int) -> Workload:
     """One request per arrival: optional group prefix, then unique content."""
     n = arrival_s.shape[0]
     own = parts.prompt.sample(stream(seed, "workload", "prompt_tokens"), n)
-    out, note, capped = _outputs(parts, n, seed)
     group, prefix_tokens, _ = _groups(parts, n, seed)
+    out, note, capped = _outputs(parts, n, seed, own + prefix_tokens)
     seg_ptr, seg_key, seg_len = prefix_segments(group, own, prefix_tokens[group >= 0])
     return Workload(
         arrival_s=arrival_s, prompt_tokens=own + prefix_tokens,
@@ -345,7 +350,7 @@ def _multi_turn(parts: _Parts, session_model: MultiTurn, starts_s: np.ndarray,
         stream(seed, "workload", "sessions"), starts_s, duration_s)
     n = arrival_s.shape[0]
     message = parts.prompt.sample(stream(seed, "workload", "prompt_tokens"), n)
-    out, note, capped = _outputs(parts, n, seed)
+    out, note, capped = _outputs(parts, n, seed, message)
     group, prefix_tokens, first_key = _groups(parts, starts_s.shape[0], seed)
     # per-carrier prefix lengths, in carrier order (SessionSegments assigns them in that order)
     segs = session_model.segments(session, turn, message, out, group,

@@ -13,6 +13,11 @@ Pure functions over a ``Workload``, so they describe a replayed trace and a synt
   aligned ``w``-second windows (1 for Poisson, above 1 for bursty traffic; ``nan`` with fewer
   than two windows);
 * length summaries: mean, p50, p90, p99 (numpy's linear interpolation) and max;
+* length correlation: Spearman's rank correlation of prompt and output lengths (average ranks
+  for ties; ``nan`` with fewer than 3 requests or a constant column);
+* bursts: maximal runs of arrivals whose consecutive gaps are at most ``BURST_GAP_S`` (5 ms);
+  ``share``: the fraction of requests in runs of 2 or more, ``mean_size``: the mean size of
+  those runs (``nan`` without one) (sub-second structure a 1-s rate profile cannot see);
 * timestamp rounding: the grid the arrival offsets lie on (the greatest common divisor of
   the offsets in whole microseconds; ``None`` when finer than ``MIN_GRID_S``, i.e. continuous
   timestamps), and the share of requests arriving at exactly the same instant as another. A
@@ -42,6 +47,8 @@ from sim.workload.base import OFFSET_BITS, Workload
 #: Window widths of the peak-rate and dispersion figures, seconds.
 PEAK_WINDOWS_S = (60.0, 10.0)
 DISPERSION_WINDOWS_S = (1.0, 10.0, 60.0)
+#: Largest gap between consecutive arrivals of one burst, seconds.
+BURST_GAP_S = 0.005
 #: Finest timestamp grid reported as rounding, seconds (finer is taken as continuous).
 MIN_GRID_S = 1e-3
 #: What ``trace stats`` says about a grid; formatted with the grid in seconds.
@@ -72,6 +79,15 @@ class PrefixReuse:
 
 
 @dataclass(frozen=True, slots=True)
+class Bursts:
+    """Runs of near-simultaneous arrivals (see the module docstring)."""
+
+    share: float
+    mean_size: float
+    gap_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class TimestampRounding:
     """The grid arrival offsets lie on (``None``: continuous) and the share of requests that
     arrive at the same instant as another (see the module docstring)."""
@@ -95,6 +111,8 @@ class TraceStats:
     output_tokens: LengthSummary
     prefix_reuse: PrefixReuse | None
     timestamp_rounding: TimestampRounding | None = None
+    bursts: Bursts | None = None
+    length_correlation: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (``nan`` kept as float('nan'))."""
@@ -111,7 +129,7 @@ class TraceStats:
                 continue  # a property of the file's clock, not of the traffic
             if isinstance(value, dict):
                 out.update({f"{key}.{k}": v for k, v in value.items()
-                            if k not in ("nodes", "seeds", "block_tokens")})
+                            if k not in ("nodes", "seeds", "block_tokens", "gap_s")})
             elif value is not None:
                 out[key] = value
         return out
@@ -157,6 +175,27 @@ def timestamp_rounding(arrival_s: np.ndarray) -> TimestampRounding:
         "timestamps finer than 1 ms: replications of a replay are identical (nothing to "
         "jitter); the report should show n=1")
     return TimestampRounding(grid_s=grid, simultaneous_share=share, hint=hint)
+
+
+def bursts(arrival_s: np.ndarray, gap_s: float = BURST_GAP_S) -> Bursts:
+    """Share of requests in bursts of 2 or more and the bursts' mean size."""
+    n = arrival_s.shape[0]
+    if n < 2:
+        return Bursts(0.0, float("nan"), gap_s)
+    starts = np.flatnonzero(np.concatenate(([True], np.diff(arrival_s) > gap_s)))
+    sizes = np.diff(np.append(starts, n))
+    many = sizes[sizes >= 2]
+    return Bursts(float(many.sum() / n), float(many.mean()) if many.shape[0] else float("nan"),
+                  gap_s)
+
+
+def length_correlation(prompt: np.ndarray, output: np.ndarray) -> float:
+    """Spearman's rank correlation of two length columns (``nan`` when undefined)."""
+    if prompt.shape[0] < 3 or np.ptp(prompt) == 0 or np.ptp(output) == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    return float(np.corrcoef(rankdata(prompt), rankdata(output))[0, 1])
 
 
 def length_summary(values: np.ndarray) -> LengthSummary:
@@ -262,4 +301,5 @@ def trace_stats(w: Workload, *, nodes: int = 8, seeds: int = 5,
         prompt_tokens=length_summary(w.prompt_tokens),
         output_tokens=length_summary(w.output_tokens),
         prefix_reuse=prefix_reuse(w, block_tokens=block_tokens, nodes=nodes, seeds=seeds),
-        timestamp_rounding=timestamp_rounding(t))
+        timestamp_rounding=timestamp_rounding(t), bursts=bursts(t),
+        length_correlation=length_correlation(w.prompt_tokens, w.output_tokens))

@@ -12,10 +12,18 @@ returns the block as plain data, ready for YAML. What it models:
     inside a piece arrivals are Poisson;
   - ``mmpp2``: a two-state MMPP fitted on 10-second counts (two-means split into low and high
     windows; each state's rate is its mean count; sojourns are the mean run lengths);
-  - ``poisson``: the mean rate only.
+  - ``poisson``: the mean rate only;
+  and, when at least ``MIN_BURST_SHARE`` of the requests come in bursts (runs with gaps of at
+  most 5 ms, ``sim.workload.trace_stats.bursts``), and at least twice the share Poisson
+  arrivals at the mean rate give by chance, the model is fitted to the bursts' starts and
+  wrapped in ``clustered`` (defined here): each start brings a burst whose size is drawn from
+  the trace's burst sizes, its members spread uniformly over ``spread_s`` (twice the members'
+  mean offset from the burst's start). Sub-second bursts are kept.
 * prompt and output lengths: ``empirical`` tables of ``points`` quantiles plus tail quantiles
-  down to the minimum and maximum, each weighted by the mass it stands for. The joint
-  distribution of prompt and output is not kept (they are drawn independently).
+  down to the minimum and maximum, each weighted by the mass it stands for. When prompt and
+  output are correlated (Spearman above ``MIN_CORRELATION`` in size), outputs are
+  ``empirical_by_prompt`` (defined here): one table per decile of the whole prompt's length
+  (group prefix included; the builder draws the output given it), so the dependence is kept.
 * shared prefixes, when prompts carry shareable segments (a trace with block hashes):
   ``grouped_prefix`` (defined here, registered in the ``prefixes`` registry), one group per
   first block that two or more requests share, ``fraction`` = share of requests in such a
@@ -27,6 +35,11 @@ returns the block as plain data, ready for YAML. What it models:
   conversation's growing history collapses into one prefix per group, and group popularity
   and prefix length are drawn independently.
 * ``max_output_tokens``: the largest output.
+
+``twin_warnings`` compares the statistics of a trace and of its twin against ``TOLERANCES``
+(prefix reuse, dispersion at 1 s, burst share, length correlation), the lines ``simlb trace
+fit`` prints as warnings. ``fit_twin`` takes ``target_rate_rps`` and ``prompt_scale`` to fit
+a rescaled twin (as the replay options of the same names).
 """
 
 from __future__ import annotations
@@ -39,14 +52,43 @@ import numpy as np
 from pydantic import Field
 
 from sim.spec import ComponentSpec, StrictModel, build_params
+from sim.workload.arrivals import ArrivalProcess, arrivals
 from sim.workload.base import Workload
-from sim.workload.lengths import MAX_TOKENS, LengthDistribution, lengths
+from sim.workload.lengths import MAX_TOKENS, EmpiricalLength, LengthDistribution, lengths
 from sim.workload.prefixes import SharedPrefix, prefixes
-from sim.workload.trace_stats import prefix_reuse, prompt_block_ids, window_counts
+from sim.workload.trace_stats import (
+    BURST_GAP_S,
+    TraceStats,
+    length_correlation,
+    prefix_reuse,
+    prompt_block_ids,
+    window_counts,
+)
 
 ARRIVAL_MODELS = ("profile", "mmpp2", "poisson")
 #: At most this many pieces in a fitted rate profile.
 MAX_PIECES = 3600
+#: Bursts are modelled when at least this share of requests comes in bursts, and at least
+#: ``CHANCE_FACTOR`` times the share Poisson arrivals at the mean rate would give.
+MIN_BURST_SHARE = 0.05
+CHANCE_FACTOR = 2.0
+#: Outputs depend on the prompt when Spearman's correlation is at least this in size.
+MIN_CORRELATION = 0.1
+#: Prompt-length bins of ``empirical_by_prompt`` (deciles).
+PROMPT_BINS = 10
+#: How far a twin's statistic may miss the trace's: ("ratio", r) within a factor r, or
+#: ("diff", d) within d; figures missing on either side are not compared.
+TOLERANCES: dict[str, tuple[str, float]] = {
+    "mean_rate_rps": ("ratio", 1.1),
+    "index_of_dispersion.1s": ("ratio", 1.5),
+    "index_of_dispersion.10s": ("ratio", 1.5),
+    "bursts.share": ("diff", 0.1),
+    "prompt_tokens.mean": ("ratio", 1.1),
+    "output_tokens.mean": ("ratio", 1.1),
+    "length_correlation": ("diff", 0.15),
+    "prefix_reuse.shared": ("ratio", 1.25),
+    "prefix_reuse.random": ("ratio", 1.25),
+}
 
 
 def _sig(x: float, digits: int = 6) -> float:
@@ -86,6 +128,9 @@ def fit_profile(arrival_s: np.ndarray, bucket_s: float) -> dict[str, Any]:
     share of the parent's count is scaled by ``sqrt(1 - noise / observed)``, where
     ``observed`` is the variance of those deviations and ``noise`` the variance Poisson counts
     would give them. The twin's count variance then matches the trace's at every level.
+    (With bursts the profile is fitted to every arrival in the same way and its rates divided
+    by the mean burst size: Poisson noise, not compound noise, is taken out, as big bursts come
+    in busy pieces; measured on the Azure code sample, this keeps the peaks and dispersion.)
     """
     t = arrival_s - arrival_s[0]
     span = float(t[-1])
@@ -236,6 +281,224 @@ class GroupedPrefix:
         return self.params.groups
 
 
+@arrivals.register("clustered")
+class ClusteredArrivals(ArrivalProcess):
+    """Bursts: a ``base`` process gives the bursts' starts; each burst has a size drawn from
+    ``sizes`` (a ``lengths`` entry: 1, 2, ...), its first member at the start and the others
+    uniform over ``[start, start + spread_s)``; members at or after the horizon are cut.
+
+    Mean rate: the base's times the mean size (the few members cut at the horizon aside).
+    """
+
+    class Params(StrictModel):
+        """Parameters of ``clustered``."""
+
+        base: ComponentSpec = Field(description="process of the bursts' starts (arrivals "
+                                                "registry)")
+        sizes: ComponentSpec = Field(description="burst sizes (lengths registry), requests")
+        spread_s: float = Field(default=0.0, ge=0, description="members spread over this, s")
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+        cls, base = build_params(arrivals, params.base, "workload.arrivals.params.base")
+        self.base: ArrivalProcess = cls(base)
+        size_cls, sizes = build_params(lengths, params.sizes, "workload.arrivals.params.sizes")
+        self.sizes: LengthDistribution = size_cls(sizes)
+
+    def sample(self, rng: np.random.Generator, duration_s: float) -> np.ndarray:
+        """Draw the starts, then each burst's size and its members' offsets."""
+        starts = self.base.sample(rng, duration_s)
+        size = self.sizes.sample(rng, starts.shape[0])
+        times = np.repeat(starts, size)
+        offset = rng.random(times.shape[0]) * self.params.spread_s
+        first = np.zeros(starts.shape[0], dtype=np.int64)
+        np.cumsum(size[:-1], out=first[1:])
+        offset[first[size > 0]] = 0.0
+        times = times + offset
+        return np.sort(times[times < duration_s])
+
+    @property
+    def mean_rate_rps(self) -> float:
+        """The base rate times the mean burst size."""
+        return self.base.mean_rate_rps * self.sizes.mean()
+
+    def expected_draws(self, duration_s: float) -> float:
+        """The base's draws plus one size per burst."""
+        return self.base.expected_draws(duration_s) + self.base.expected_count(duration_s)
+
+
+@lengths.register("empirical_by_prompt")
+class EmpiricalByPrompt(LengthDistribution):
+    """Output lengths that depend on the prompt: one ``empirical`` table per bin of prompt
+    length (bin ``i``: prompts below ``prompt_edges_tokens[i]`` and at or above the edge
+    before). Drawn alone (``sample``), a mixture of the tables with weights ``bin_weights``;
+    given the prompts (``sample_given``, as the workload builder calls it), from each prompt's
+    bin."""
+
+    class Params(StrictModel):
+        """Parameters of ``empirical_by_prompt``."""
+
+        prompt_edges_tokens: list[int] = Field(description="ascending upper bin edges (one "
+                                                           "fewer than tables), tokens")
+        tables: list[EmpiricalLength.Params] = Field(min_length=1, description="per bin")
+        bin_weights: list[float] = Field(description="share of prompts in each bin")
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+        k = len(params.tables)
+        edges = params.prompt_edges_tokens
+        if len(edges) != k - 1 or len(params.bin_weights) != k:
+            raise ValueError(f"expected {k - 1} edges and {k} weights for {k} tables")
+        if any(b <= a for a, b in itertools.pairwise(edges)):
+            raise ValueError("prompt_edges_tokens must be strictly ascending")
+        self._edges = np.asarray(edges, dtype=np.int64)
+        self._tables = [EmpiricalLength(t) for t in params.tables]
+        w = np.asarray(params.bin_weights, dtype=np.float64)
+        if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise ValueError("bin_weights must be finite and >= 0 with a positive sum")
+        self._weights = w / w.sum()
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Draw ``n`` outputs from the mixture of the tables."""
+        return self._draw(rng, rng.choice(len(self._tables), size=n, p=self._weights))
+
+    def sample_given(self, rng: np.random.Generator, prompt: np.ndarray) -> np.ndarray:
+        """Draw one output per prompt, from the table of the prompt's bin."""
+        return self._draw(rng, np.searchsorted(self._edges, prompt, side="right"))
+
+    def _draw(self, rng: np.random.Generator, bins: np.ndarray) -> np.ndarray:
+        out = np.empty(bins.shape[0], dtype=np.int64)
+        draws = rng.random(bins.shape[0])
+        for i, table in enumerate(self._tables):
+            pick = bins == i
+            out[pick] = table._values[np.searchsorted(table._cdf, draws[pick], side="right")]
+        return out
+
+    def mean(self) -> float:
+        """The mixture's mean."""
+        return float(sum(w * t.mean() for w, t in zip(self._weights, self._tables,
+                                                     strict=True)))
+
+    def variance(self) -> float:
+        """The mixture's variance."""
+        m = self.mean()
+        return float(sum(w * (t.variance() + (t.mean() - m) ** 2)
+                         for w, t in zip(self._weights, self._tables, strict=True)))
+
+    def upper_bound(self) -> int:
+        """The largest value of any table."""
+        return max(t.upper_bound() for t in self._tables)
+
+
+def fit_bursts(arrival_s: np.ndarray, gap_s: float = BURST_GAP_S,
+               ) -> tuple[dict[str, Any] | None, float]:
+    """Split arrivals into bursts (gaps of at most ``gap_s``): the ``empirical`` table of
+    their sizes (``None`` when too few requests come in bursts of 2 or more; see the module
+    docstring) and the members' spread, seconds."""
+    n = arrival_s.shape[0]
+    first = np.flatnonzero(np.concatenate(([True], np.diff(arrival_s) > gap_s)))
+    size = np.diff(np.append(first, n))
+    share = size[size >= 2].sum() / n
+    rate = (n - 1) / float(arrival_s[-1] - arrival_s[0])
+    chance = 1.0 - math.exp(-2.0 * rate * gap_s)  # Poisson at the mean rate
+    if share < max(MIN_BURST_SHARE, CHANCE_FACTOR * chance):
+        return None, 0.0
+    offset = arrival_s - np.repeat(arrival_s[first], size)
+    members = np.ones(n, dtype=bool)
+    members[first] = False
+    spread = 2.0 * float(offset[members].mean()) if members.any() else 0.0
+    values, counts = np.unique(size, return_counts=True)
+    table = {"name": "empirical", "params": {"values_tokens": [int(v) for v in values],
+                                             "weights": [int(c) for c in counts]}}
+    return table, _sig(spread)
+
+
+def _mean_size(sizes: dict[str, Any] | None) -> float:
+    """Mean burst size of an ``empirical`` size table (1 without bursts)."""
+    if sizes is None:
+        return 1.0
+    v = np.asarray(sizes["params"]["values_tokens"], dtype=np.float64)
+    w = np.asarray(sizes["params"]["weights"], dtype=np.float64)
+    return float(w @ v / w.sum())
+
+
+def _scale_rates(process: dict[str, Any], factor: float) -> dict[str, Any]:
+    """``process`` (piecewise, mmpp2 or poisson) with every rate times ``factor``."""
+    params = dict(process["params"])
+    for key in ("rates_rps",):
+        if key in params:
+            params[key] = [_sig(r * factor) for r in params[key]]
+    for key in ("rate_rps", "low_rps", "high_rps"):
+        if key in params:
+            params[key] = _sig(params[key] * factor)
+    return {"name": process["name"], "params": params}
+
+
+def fit_outputs(prompt: np.ndarray, output: np.ndarray, points: int = 200,
+                prompt_table: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``empirical_by_prompt`` on prompt deciles when Spearman's correlation of ``prompt``
+    and ``output`` is at least ``MIN_CORRELATION`` in size, else one ``empirical`` table.
+
+    With ``prompt_table`` (the twin's ``empirical`` prompt table), each prompt is first
+    replaced by the table's value of the same rank, so that the bins hold the same shares of
+    the twin's prompts as of the trace's (a table value on a bin edge would move mass)."""
+    rho = length_correlation(prompt, output)
+    if prompt_table is not None:
+        prompt = _same_rank(prompt, prompt_table["params"])
+    edges = np.unique(np.quantile(prompt, np.arange(1, PROMPT_BINS) / PROMPT_BINS,
+                                  method="inverted_cdf").astype(np.int64) + 1)
+    if not (abs(rho) >= MIN_CORRELATION) or edges.shape[0] == 0:
+        return fit_lengths(output, points)
+    bins = np.searchsorted(edges, prompt, side="right")
+    per_bin = max(points // PROMPT_BINS * 2, 20)
+    tables, weights, kept = [], [], []
+    for i in range(edges.shape[0] + 1):
+        values = output[bins == i]
+        if values.shape[0] == 0:
+            continue
+        tables.append(fit_lengths(values, per_bin)["params"])
+        weights.append(_sig(values.shape[0] / output.shape[0]))
+        kept.append(i)
+    return {"name": "empirical_by_prompt", "params": {
+        "prompt_edges_tokens": [int(edges[i - 1]) for i in kept[1:]],
+        "tables": tables, "bin_weights": weights}}
+
+
+def _same_rank(values: np.ndarray, table: dict[str, Any]) -> np.ndarray:
+    """Each value replaced by the ``empirical`` table's value at its mid-rank quantile."""
+    n = values.shape[0]
+    order = np.argsort(values, kind="stable")
+    u = np.empty(n)
+    u[order] = (np.arange(n) + 0.5) / n
+    table_values = np.asarray(table["values_tokens"], dtype=np.int64)
+    cdf = np.cumsum(table["weights"], dtype=np.float64)
+    return table_values[np.minimum(np.searchsorted(cdf / cdf[-1], u), n and len(cdf) - 1)]
+
+
+def twin_warnings(trace: TraceStats, twin: TraceStats,
+                  tolerances: dict[str, tuple[str, float]] | None = None) -> list[str]:
+    """One line per statistic where ``twin`` misses ``trace`` by more than its tolerance."""
+    a, b = trace.flat(), twin.flat()
+    lines = []
+    for key, (kind, limit) in (tolerances or TOLERANCES).items():
+        x, y = a.get(key), b.get(key)
+        if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        if kind == "ratio":
+            if x <= 0 or y <= 0:
+                miss = x != y
+            else:
+                miss = max(y / x, x / y) > limit
+            how = f"{y / x:.3g}x the trace's" if x > 0 else "vs the trace's"
+            want = f"within {limit:g}x"
+        else:
+            miss = abs(y - x) > limit
+            how, want = "vs the trace's", f"within {limit:g}"
+        if miss:
+            lines.append(f"twin's {key} {y:.4g} is {how} {x:.4g} (tolerance: {want})")
+    return lines
+
+
 def _hit_blocks(w: Workload, block_tokens: int) -> np.ndarray:
     """Per request, how many of its prompt blocks an earlier request had (shared cache)."""
     request, block_id = prompt_block_ids(w, block_tokens)
@@ -289,7 +552,9 @@ def fit_prefixes(w: Workload, block_tokens: int, nodes: int,
 
 
 def fit_twin(w: Workload, *, arrivals: str = "profile", bucket_s: float | None = None,
-             block_tokens: int = 512, nodes: int = 8, points: int = 200) -> dict[str, Any]:
+             block_tokens: int = 512, nodes: int = 8, points: int = 200,
+             bursts: bool = True, target_rate_rps: float | None = None,
+             prompt_scale: float | None = None) -> dict[str, Any]:
     """Fit a synthetic ``workload`` block to ``w`` (see the module docstring).
 
     Args:
@@ -299,6 +564,10 @@ def fit_twin(w: Workload, *, arrivals: str = "profile", bucket_s: float | None =
         block_tokens: block size of the prefix-reuse figures the prefix fit matches.
         nodes: node count of the random-routing reuse figure it matches.
         points: quantiles in each length table.
+        bursts: model sub-second bursts (``clustered``) when the trace has them.
+        target_rate_rps: fit the twin of the trace rescaled to this mean rate.
+        prompt_scale: fit the twin of the trace with every prompt shrunk by this factor
+            (prefix lengths included), as the replay option of that name.
 
     Returns:
         The workload block as plain data (``WorkloadSpec.model_validate`` accepts it).
@@ -311,15 +580,33 @@ def fit_twin(w: Workload, *, arrivals: str = "profile", bucket_s: float | None =
         raise ValueError("a twin needs at least two requests at different times")
     if arrivals not in ARRIVAL_MODELS:
         raise ValueError(f"unknown arrivals model {arrivals!r} (known: {ARRIVAL_MODELS})")
+    if target_rate_rps is not None:
+        t = (t - t[0]) * (((len(w) - 1) / float(t[-1] - t[0])) / target_rate_rps)
+    sizes, spread = fit_bursts(t) if bursts else (None, 0.0)
+    mean_size = _mean_size(sizes)
     if arrivals == "profile":
         process = fit_profile(t, bucket_s or default_bucket_s(float(t[-1] - t[0])))
     else:
         process = fit_mmpp2(t) if arrivals == "mmpp2" else fit_poisson(t)
+    if sizes is not None:  # bursts start at the request rate over the mean burst size
+        process = {"name": "clustered", "params": {
+            "base": _scale_rates(process, 1.0 / mean_size), "sizes": sizes,
+            "spread_s": spread}}
     prefix_model, own = fit_prefixes(w, block_tokens, nodes, points)
+    prompt = w.prompt_tokens
+    if prompt_scale is not None:
+        own = np.maximum(np.rint(own * prompt_scale), 1).astype(np.int64)
+        prompt = np.maximum(np.rint(prompt * prompt_scale), 1).astype(np.int64)
+        if prefix_model is not None:  # each value scaled, its weight kept
+            table = prefix_model["params"]["prefix_tokens"]["params"]
+            table["values_tokens"] = [max(round(v * prompt_scale), 1)
+                                      for v in table["values_tokens"]]
+    prompt_table = fit_lengths(own, points)
     block: dict[str, Any] = {
         "arrivals": process,
-        "prompt_tokens": fit_lengths(own, points),
-        "output_tokens": fit_lengths(w.output_tokens, points),
+        "prompt_tokens": prompt_table,
+        "output_tokens": fit_outputs(prompt, w.output_tokens, points,
+                                     prompt_table if prefix_model is None else None),
         "max_output_tokens": int(w.output_tokens.max()),
     }
     if prefix_model is not None:
