@@ -98,6 +98,20 @@ class _Group(click.Group):
             _fail(_OUT_OF_MEMORY, 1)
 
 
+def non_empty_path(value: str | None, option: str) -> Path | None:
+    """``value`` as a Path; an empty one (which would mean the current folder) is refused.
+
+    Raises:
+        click.BadParameter: ``value`` is empty or blank.
+    """
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter(f"expected a folder name, got {value!r} (use . for the "
+                                 f"current folder)", param_hint=option)
+    return Path(value)
+
+
 @click.group(cls=_Group)
 @click.version_option(package_name="simlb")
 def main() -> None:
@@ -114,8 +128,9 @@ def main() -> None:
               help="Replications (seeds seed..seed+N-1).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override a scenario field, e.g. --set cluster.node_groups.0.count=4.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("results"),
-              show_default=True, help="Folder for the result directories.")
+@click.option("--out", type=click.Path(), default="results", callback=lambda ctx, p, v:
+              non_empty_path(v, "--out"), show_default=True,
+              help="Folder for the result directories.")
 @click.option("--force", is_flag=True, help="Replace existing result directories.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")

@@ -32,6 +32,8 @@ SCHEMA_VERSION = 1
 #: names of scenarios, groups and labels: they become folder names, so no leading dot
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 GRADE_SENSES = ("batch_occupancy", "kv_occupancy", "busy", "token_share", "mfu")
+#: labels a strategy may not have: ``<out>/<scenario>/report`` is the report's folder
+RESERVED_LABELS = ("report",)
 #: the largest scenario file read (a scenario is a few KB; /dev/zero would never end)
 MAX_FILE_BYTES = 16 << 20
 
@@ -150,6 +152,10 @@ class RouterSpec(Model):
     def _unique_labels(cls, specs: list[StrategySpec]) -> list[StrategySpec]:
         labels = [s.display for s in specs]
         for i, label in enumerate(labels):
+            if label in RESERVED_LABELS:
+                raise ValueError(f"item {i} is labelled '{label}', the name of the report "
+                                 f"folder beside the strategies' folders; expected another "
+                                 f"label (give it a 'label')")
             if label in labels[:i]:
                 raise ValueError(f"items {labels.index(label)} and {i} are both labelled "
                                  f"'{label}'; expected unique labels (give each a 'label')")

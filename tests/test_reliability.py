@@ -425,3 +425,28 @@ def test_a_cluster_serving_requests_keeps_its_grade_and_exit_code(tmp_path: Path
                     "--json")
     assert result.exit_code == 0, result.output
     assert '"grade": "n/a"' not in result.stdout
+
+
+# --- smaller items (13.9) ---------------------------------------------------------------------
+
+def test_a_strategy_labelled_report_is_refused_at_load(tmp_path: Path) -> None:
+    """The label 'report' would collide with the report folder after every run: refused
+    before anything runs."""
+    raw = tiny()
+    raw["router"]["strategies"] = [{"name": "round_robin", "label": "report"}]
+    path = write_scenario(tmp_path, raw)
+    expect_error(invoke("validate", path), "labelled 'report'")
+    expect_error(invoke("run", path, "--out", tmp_path / "out", "-q"), "labelled 'report'")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "report"])
+def test_empty_out_is_refused(tmp_path: Path, command: str,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--out ''`` would mean the current folder: refused on one line."""
+    monkeypatch.chdir(tmp_path)
+    path = write_scenario(tmp_path, tiny())
+    args = [path, "-q"] if command == "run" else [tmp_path]
+    result = invoke(command, *args, "--out", "")
+    expect_error(result, "--out", "expected a folder name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]

@@ -10,10 +10,17 @@ import click
 from sim.errors import InputError
 
 
+def _non_empty(value: str | None) -> Path | None:
+    from sim.cli import non_empty_path
+
+    return non_empty_path(value, "--out")
+
+
 @click.command(name="report")
 @click.argument("results_dirs", nargs=-1, required=True, metavar="RESULTS_DIR...",
                 type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=click.Path(), default=None,
+              callback=lambda ctx, p, v: _non_empty(v),
               help="Report folder (default: <first RESULTS_DIR>/report); replaced as a whole, "
                    "but only if it is empty or a report simlb wrote (its .simlb-report file).")
 @click.option("--baseline", metavar="STRATEGY", default=None,
