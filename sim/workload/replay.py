@@ -115,7 +115,7 @@ def replay(table: TraceTable, spec: TraceSpec, duration_s: float | None, seed: i
     source = f"trace({spec.format}: {table.path}; {len(table)} records read"
     extra = "".join(f"; {n}" for n in notes)
     accounting: dict[str, Any] = {
-        "kind": "trace", "format": spec.format, "path": str(table.path),
+        "kind": "trace", "format": spec.format, "path": spec.path,
         "trace_rows": len(table), "replayed_rows": replayed_rows, "replayed": len(workload),
         "loop_copies": copies, "dropped": dropped, "dropped_total": sum(dropped.values()),
         **changed, "output_cap": spec.cap, "capped": capped, **context,
