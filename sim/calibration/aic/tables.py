@@ -133,6 +133,7 @@ class Tables:
     scaled: dict[str, str] = field(default_factory=dict)
     extrapolated: dict[str, str] = field(default_factory=dict)
     gemm_noise: dict[str, float] = field(default_factory=dict)
+    kernels: dict[str, str] = field(default_factory=dict)
 
     @property
     def base(self) -> Path:
@@ -298,13 +299,21 @@ class Tables:
     def attention_rows(self, phase: str, q_heads: int, kv_heads: int,
                        head_dim: int) -> tuple[pd.DataFrame, tuple[int, int, int]]:
         """Rows of ``context`` or ``generation`` attention for the nearest measured layout
-        (bf16 KV cache, no sliding window, FlashAttention-3 where measured), and that layout."""
+        (bf16 KV cache, no sliding window, FlashAttention-3 where measured; the kernel is
+        recorded in ``kernels``), and that layout."""
         df = _read(self.file("attention", f"{phase}_attention_perf.parquet"))
         df = df[(df.kv_cache_dtype == "bfloat16") & (df.attn_dtype == "bfloat16")]
         if "window_size" in df.columns:
             df = df[df.window_size == 0]
-        kernels = sorted(df.kernel_source.unique())
-        kernel = "vllm_flash_attn_fa3" if "vllm_flash_attn_fa3" in kernels else kernels[0]
+        counts = df.kernel_source.value_counts()
+        if counts.empty:
+            raise InputError(f"no bf16 {phase} attention rows for {self.system} vllm "
+                             f"{self.version}")
+        # FlashAttention-3 where measured, else the kernel with the most rows (e.g. Blackwell's
+        # FlashInfer prefill kernel for context attention)
+        kernel = ("vllm_flash_attn_fa3" if "vllm_flash_attn_fa3" in counts.index
+                  else str(max(counts.index, key=lambda k: (counts[k], k))))
+        self.kernels[phase] = kernel
         df = df[df.kernel_source == kernel]
         layouts = df[["num_heads", "num_key_value_heads", "head_dim"]].drop_duplicates()
 

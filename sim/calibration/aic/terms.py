@@ -183,7 +183,8 @@ def attention(t: Tables, m: ModelSpec, tp: int) -> tuple[dict, dict, dict[str, A
     coef, qual = _fit(np.column_stack([np.ones_like(b), b, b * ctx]), rows.latency.to_numpy())
     kv_scale = kv * d / (lay[1] * lay[2])
     per_layer = [coef[0], coef[1], coef[2] * kv_scale]
-    quality["attn_decode"] = {**qual, "fitted_layout_q_kv_d": list(lay),
+    quality["attn_decode"] = {**qual, "kernel": t.kernels["generation"],
+                              "fitted_layout_q_kv_d": list(lay),
                               "kv_bytes_scale": sig(kv_scale, 4), "layers": m.layers,
                               "per_layer_coef": [sig(c) for c in per_layer]}
     dec = {"features": ["const", "batch", "sum_ctx"],
@@ -193,6 +194,8 @@ def attention(t: Tables, m: ModelSpec, tp: int) -> tuple[dict, dict, dict[str, A
     b, s = rows.batch_size.to_numpy(float), rows.isl.to_numpy(float)
     a, y = np.column_stack([b, b * s, b * s * (s + 1) / 2]), rows.latency.to_numpy()
     use = (b * s >= PREFILL_MIN_TOKENS) & (b <= PREFILL_MAX_CHUNKS)
+    if use.sum() < 3:  # too few chunked-prefill-like rows: fit all
+        use = np.ones(len(y), bool)
     coef, qual = _fit(a[use], y[use])
     all_ape = np.abs(a @ coef / y - 1.0) * 100.0
     qual.update({"fit_rows": f"batch_size*isl >= {PREFILL_MIN_TOKENS} and batch_size <= "
@@ -200,7 +203,8 @@ def attention(t: Tables, m: ModelSpec, tp: int) -> tuple[dict, dict, dict[str, A
                  "all_rows_n": len(y), "all_rows_mape_pct": sig(all_ape.mean(), 4)})
     fl_scale = q * d / (lay[0] * lay[2])
     per_layer = [coef[0], coef[1] * fl_scale, coef[2] * fl_scale]
-    quality["attn_prefill"] = {**qual, "fitted_layout_q_kv_d": list(lay),
+    quality["attn_prefill"] = {**qual, "kernel": t.kernels["context"],
+                               "fitted_layout_q_kv_d": list(lay),
                                "flops_scale": sig(fl_scale, 4), "layers": m.layers,
                                "per_layer_coef": [sig(c) for c in per_layer]}
     pf = {"features": ["per_chunk", "chunk_tokens", "attn_pairs"],
