@@ -138,7 +138,7 @@ def _run_data(resolved: ResolvedScenario, cluster: Cluster, table: RequestTable,
             if a <= t < b:
                 itl.add(gap)
     return RunData(
-        requests=request_columns(table),
+        requests=request_columns(table, specs),
         states=recorder.state_frame(),
         runs=runs,
         itl=itl,
@@ -191,13 +191,20 @@ def _strategy_stats(router: Router) -> dict[str, float]:
     return total
 
 
-def request_columns(table: RequestTable) -> dict[str, np.ndarray]:
-    """The per-request records as numpy columns (the content of ``requests.parquet``)."""
+def request_columns(table: RequestTable, specs: list | None = None) -> dict[str, np.ndarray]:
+    """The per-request records as numpy columns (the content of ``requests.parquet``).
+
+    With the node specs, each request's first-token and finish times are those the client
+    sees: the engine's times plus its node's API latency (``CostModel.api_latency_s``).
+    """
     records = {name: np.frombuffer(getattr(table, name),
                                    dtype=np.float64 if name.endswith("_s") else np.int64)
                for name in ("node", "status", "generated_tokens", "cached_tokens",
                             "recomputed_tokens", "preemptions", "first_scheduled_s",
                             "first_token_s", "finish_s")}
+    if specs is not None:
+        _add_api_latency(records, np.array(table.arrival_s, dtype=np.float64),
+                         np.array(table.prompt_tokens, dtype=np.int64), specs)
     return {
         "request_id": np.arange(table.n, dtype=np.int64),
         "arrival_s": np.array(table.arrival_s, dtype=np.float64),
@@ -212,6 +219,33 @@ def request_columns(table: RequestTable) -> dict[str, np.ndarray]:
         "session_id": np.array(table.session_id, dtype=np.int64),
         "prefix_group": np.array(table.prefix_group, dtype=np.int64),
     }
+
+
+def _add_api_latency(records: dict[str, np.ndarray], arrival_s: np.ndarray,
+                     prompt_tokens: np.ndarray, specs: list) -> None:
+    """Shift first-token and finish times by each node's API latency (vectorised, after the
+    run: the engine's own timeline is unchanged; ``docs/model.md`` §4). The latency may
+    grow with the requests the node held at the arrival (arrived there, not finished)."""
+    node = records["node"]
+    shift = np.zeros(node.size)
+    for node_id, spec in enumerate(specs):
+        rows = np.flatnonzero(node == node_id)
+        if rows.size:
+            shift[rows] = spec.cost.api_latency_s(
+                prompt_tokens[rows], active_at_arrival(arrival_s[rows],
+                                                       records["finish_s"][rows]))
+    if shift.any():
+        for key in ("first_token_s", "finish_s"):
+            records[key] = records[key] + shift  # NaN (never reached) stays NaN
+
+
+def active_at_arrival(arrival_s: np.ndarray, finish_s: np.ndarray) -> np.ndarray:
+    """For each request, how many of the others had arrived and not finished when it
+    arrived (arrivals sorted; a request that never finished counts as still there)."""
+    ends = np.sort(np.where(np.isnan(finish_s), np.inf, finish_s))
+    arrived_before = np.searchsorted(arrival_s, arrival_s, side="left")
+    finished_before = np.searchsorted(ends, arrival_s, side="right")
+    return np.maximum(arrived_before - finished_before, 0)
 
 
 def _events_scheduled(env: simpy.Environment) -> int:

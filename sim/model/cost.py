@@ -31,10 +31,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from sim.errors import ProfileError
-from sim.model.profile import GPU_TIME_SCALE_BOUNDS, Profile, Table, load_profile
+from sim.model.profile import (
+    API_LATENCY_KEYS,
+    GPU_TIME_SCALE_BOUNDS,
+    Profile,
+    Table,
+    load_profile,
+)
 from sim.registry import Registry
 from sim.spec import StrictModel
 
@@ -50,6 +57,8 @@ class CostModel(Protocol):
                decode_batch: int, decode_ctx_sum: int) -> float: ...
 
     def decode_terms(self, decode_batch: int) -> tuple[float, float]: ...
+
+    def api_latency_s(self, prompt_tokens: np.ndarray, active: np.ndarray) -> np.ndarray: ...
 
     def is_extrapolated(self, n_tokens: Any, n_seqs: Any) -> Any: ...
 
@@ -115,6 +124,17 @@ class ProfileCostModel:
             None, ge=GPU_TIME_SCALE_BOUNDS[0], le=GPU_TIME_SCALE_BOUNDS[1],
             allow_inf_nan=False,
             description="multiplier on the profile's GPU terms; None keeps the profile's")
+        api_latency_ms: float | None = Field(
+            None, ge=0, allow_inf_nan=False,
+            description="time a request spends outside the engine core (HTTP, template, "
+                        "tokenisation, streaming) in ms; None keeps the profile's")
+        api_latency_us_per_prompt_token: float | None = Field(
+            None, ge=0, allow_inf_nan=False,
+            description="part of that time per prompt token in us; None keeps the profile's")
+        api_latency_us_per_active_request: float | None = Field(
+            None, ge=0, allow_inf_nan=False,
+            description="part of that time per request the node holds when this one arrives, "
+                        "in us; None keeps the profile's")
 
     def __init__(self, params: ProfileCostModel.Params, base_dir: Path | None = None) -> None:
         self._setup(load_profile(params.profile, base_dir), params)
@@ -127,7 +147,9 @@ class ProfileCostModel:
         self = cls.__new__(cls)
         self._setup(profile, cls.Params.model_construct(
             profile=profile.name, cpu_overhead_ms=cpu_overhead_ms, mixed_factor=mixed_factor,
-            cpu_per_seq_ms=cpu_per_seq_ms, gpu_time_scale=gpu_time_scale))
+            cpu_per_seq_ms=cpu_per_seq_ms, gpu_time_scale=gpu_time_scale,
+            api_latency_ms=None, api_latency_us_per_prompt_token=None,
+            api_latency_us_per_active_request=None))
         return self
 
     def _setup(self, profile: Profile, params: ProfileCostModel.Params) -> None:
@@ -154,6 +176,10 @@ class ProfileCostModel:
         seq_ms = sm.cpu_per_seq_ms if params.cpu_per_seq_ms is None else params.cpu_per_seq_ms
         self._cpu_s = float(cpu_ms) * _MS
         self._cpu_seq_s = float(seq_ms) * _MS
+        api = [getattr(sm, key) if getattr(params, key) is None else getattr(params, key)
+               for key in API_LATENCY_KEYS]
+        self._api_s, self._api_token_s, self._api_active_s = (
+            float(api[0]) * _MS, float(api[1]) * 1e-6, float(api[2]) * 1e-6)
         # Model FLOPs (profiling.md §4.2): 2 FLOPs per parameter per token for the GEMMs, and
         # 4*L*H_q*D per causal (query, key) pair for Q.K^T and P.V.
         self._flops_token = 2.0 * model.params
@@ -191,6 +217,12 @@ class ProfileCostModel:
         dense = self._s_dense
         t += dense[b] if b <= self._s_top else dense[-1] + self._s_slope * (b - self._s_top)
         return t + self._c0 + self._c1 * b + self._cpu_s + self._cpu_seq_s * b, self._c2
+
+    def api_latency_s(self, prompt_tokens: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """Seconds each request spends outside the engine core (element-wise), given its
+        prompt and the requests its node held when it arrived: the client sees its first
+        token and its last one this much later than the engine makes them."""
+        return self._api_s + self._api_token_s * prompt_tokens + self._api_active_s * active
 
     def is_extrapolated(self, n_tokens: Any, n_seqs: Any) -> Any:
         """True when the step lies beyond the measured lin/comm or head grid (element-wise
@@ -281,6 +313,10 @@ class LinearCostModel:
     def decode_terms(self, decode_batch: int) -> tuple[float, float]:
         """``(step_s + decode_seq_s*B, ctx_token_s)``."""
         return self._base + self._seq * decode_batch, self._ctx
+
+    def api_latency_s(self, prompt_tokens: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """None: the test double has no API front end (zeros)."""
+        return np.zeros(np.shape(prompt_tokens))
 
     def is_extrapolated(self, n_tokens: Any, n_seqs: Any) -> Any:
         """Never: the model has no grid (element-wise for numpy arrays)."""

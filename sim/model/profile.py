@@ -33,7 +33,11 @@ Schema (times in ms, sizes in bytes, rates per second; every number finite and >
                               coef [p0, p1, p2]};
                 mixed_factor (> 0); cpu_overhead_ms (host time per step);
                 optional cpu_per_seq_ms (host time per sequence in the step, default 0) and
-                gpu_time_scale (multiplier on the GPU terms, in [0.5, 2], default 1)
+                gpu_time_scale (multiplier on the GPU terms, in [0.5, 2], default 1);
+                optional api_latency_ms, api_latency_us_per_prompt_token and
+                api_latency_us_per_active_request (time a request spends outside the engine
+                core: HTTP, chat template, tokenisation, streaming, growing with the streams
+                the front end serves; added to its TTFT and end-to-end latency, default 0)
     fit_quality, checks   free-form objects (numbers, strings, lists)
     samples, metadata     optional free-form objects (raw measurements, profiler details)
 
@@ -268,7 +272,7 @@ def _parse_step_model(c: _Checker, value: Any) -> StepModel:
     p = "step_model"
     d = c.obj(value, p, ("units", "lin", "comm", "head", "attn_decode", "attn_prefill",
                          "mixed_factor", "cpu_overhead_ms"),
-              ("cpu_per_seq_ms", "gpu_time_scale"))
+              ("cpu_per_seq_ms", "gpu_time_scale", *API_LATENCY_KEYS))
     if d["units"] != "ms":
         raise c.fail(f"{p}.units", f"expected 'ms', got {_show(d['units'])}")
     comm = None if d["comm"] is None else _parse_table(
@@ -281,10 +285,14 @@ def _parse_step_model(c: _Checker, value: Any) -> StepModel:
         attn_prefill=_parse_term(c, d["attn_prefill"], f"{p}.attn_prefill", PREFILL_FEATURES),
         mixed_factor=c.num(d, "mixed_factor", p, positive=True),
         cpu_overhead_ms=c.num(d, "cpu_overhead_ms", p),
-        cpu_per_seq_ms=c.num(d, "cpu_per_seq_ms", p) if "cpu_per_seq_ms" in d else 0.0,
         gpu_time_scale=_gpu_time_scale(c, d, p),
+        **{key: c.num(d, key, p) for key in ("cpu_per_seq_ms", *API_LATENCY_KEYS) if key in d},
     )
 
+
+#: Optional step-model fields of the request's time outside the engine core (ms, us, us).
+API_LATENCY_KEYS = ("api_latency_ms", "api_latency_us_per_prompt_token",
+                    "api_latency_us_per_active_request")
 
 #: Bounds of ``step_model.gpu_time_scale``: a calibration may correct the GPU terms of a
 #: profile by at most this factor either way (beyond it the profile itself is wrong).

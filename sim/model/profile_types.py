@@ -137,6 +137,9 @@ class StepModel:
     cpu_overhead_ms: float
     cpu_per_seq_ms: float = 0.0
     gpu_time_scale: float = 1.0
+    api_latency_ms: float = 0.0
+    api_latency_us_per_prompt_token: float = 0.0
+    api_latency_us_per_active_request: float = 0.0
 
 
 def vllm_kv_blocks(total_bytes: int, gpu_memory_utilization: float, non_kv_bytes: int,
