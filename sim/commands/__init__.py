@@ -10,4 +10,5 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sim.commands.profile",
     "sim.commands.trace",
     "sim.commands.fidelity",
+    "sim.commands.calibrate",
 )

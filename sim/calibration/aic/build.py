@@ -43,6 +43,14 @@ from sim.model.cost import ProfileCostModel
 from sim.model.profile import SCHEMA_ID, Profile, parse_profile, vllm_kv_blocks
 
 CREATED = "2026-12-02"
+#: vLLM v1 engine host time and API latency, fitted with ``simlb calibrate`` (terms
+#: cpu_overhead_ms and cpu_per_seq_ms by replay, the API latency in closed form) on the
+#: training half of the measured vLLM 0.23 Qwen3-14B H100 runs (docs/fidelity.md gives the
+#: split and the held-out errors). They describe the engine and its host, not the model, so
+#: every derived profile starts from them; ``simlb calibrate`` refits them for one's own runs.
+ENGINE_HOST_DEFAULTS: dict[str, float] = {
+    "cpu_overhead_ms": 0.0, "cpu_per_seq_ms": 0.0138, "api_latency_ms": 9.6,
+    "api_latency_us_per_prompt_token": 7.1, "api_latency_us_per_active_request": 715.0}
 MIB, GIB = 1 << 20, 1 << 30
 ALIASES = {"h100": "h100_sxm", "h200": "h200_sxm", "a100": "a100_sxm"}
 SHORT = {v: k for k, v in ALIASES.items()}
@@ -207,8 +215,9 @@ def method_text(m: ModelSpec, tp: int, system: str, version: str) -> str:
         f"({system}, vllm {version}), no run of this model. "
         + terms.__doc__.split("\n\n", 1)[1].replace("\n", " ").strip()
         + (moe if m.experts else "")
-        + " KV: vLLM rule with analytic terms (kv_cache.method). mixed_factor 1.0 (additive) "
-          "and cpu_overhead_ms 0 (GPU kernel time only; host overhead is set elsewhere)."
+        + " KV: vLLM rule with analytic terms (kv_cache.method). mixed_factor 1.0 (additive). "
+          "Host time and API latency: the vLLM v1 defaults that simlb calibrate fitted on "
+          "measured vLLM 0.23 runs (ENGINE_HOST_DEFAULTS, docs/fidelity.md), not this model's."
     ).split())
 
 
@@ -275,7 +284,7 @@ def derive(opts: Options, echo: Callable[[str], None] | None = None) -> dict[str
         "kv_cache": kv,
         "step_model": {"units": "ms", "lin": lin, "comm": comm, "head": head,
                        "attn_decode": dec, "attn_prefill": pf, "mixed_factor": 1.0,
-                       "cpu_overhead_ms": 0.0},
+                       **ENGINE_HOST_DEFAULTS},
         "fit_quality": quality, "checks": {},
         "metadata": {"engine": f"vllm=={version}", "system": system,
                      "aiconfigurator_core": package_version(), "config": config_src.split("/")[-1],
