@@ -182,6 +182,8 @@ def test_dense_lookup_matches_the_tables(name: str) -> None:
         want_ms = sm.lin.at(n) + (sm.comm.at(n) if sm.comm else 0.0) + sm.head.at(1)
         want_ms += sum(c * f for c, f in zip(sm.attn_prefill.coef, (1, n, n * (n + 1) // 2),
                                               strict=True))
+        # host time of the one-sequence step on top of the (scaled) GPU terms
+        want_ms = want_ms * sm.gpu_time_scale + sm.cpu_overhead_ms + sm.cpu_per_seq_ms
         got_s = cm.step_s(n, 1, n * (n + 1) // 2, 0, 0)
         assert got_s == pytest.approx(want_ms * 1e-3, rel=1e-9), n
     cm.check_limits(4 * grid, 256)
