@@ -15,12 +15,12 @@ from sim.runner import simulate, workload_for
 from sim.workload import Workload
 from sim.workload.replay import (
     DROP_REASONS,
-    expected_losses,
     loss_lines,
     node_limits,
     replay,
     request_limits,
 )
+from sim.workload.spec import expected_losses
 from sim.workload.traces import TraceSpec, read_trace
 
 REPO = Path(__file__).resolve().parents[1]

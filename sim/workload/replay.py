@@ -27,8 +27,8 @@ Nothing is lost without a count: ``Workload.accounting`` (``summary.json``'s ``i
 holds the trace's row count, the rows replayed, every drop by reason (all reasons always
 present), the outputs capped, the prompts trimmed and the requests still beyond the context;
 ``trace_rows == replayed_rows + sum(dropped.values())`` always holds (``replayed`` counts the
-loop's copies too). ``expected_losses`` computes the block for a resolved scenario, as
-``simlb validate`` needs, and ``loss_lines`` words it.
+loop's copies too). ``sim.workload.spec.expected_losses`` computes the block for a resolved
+scenario, as ``simlb validate`` needs, and ``loss_lines`` words it.
 
 Prompt segments: a trace with block hashes (Mooncake ``hash_ids``: block ``j`` covers tokens
 ``[512 j, 512 (j + 1))``) becomes one segment per block with a *chained* key, the dense id of
@@ -54,11 +54,10 @@ from sim.workload.base import MAX_SEGMENT_KEY, Workload
 from sim.workload.prefixes import concat_ranges, take_requests
 from sim.workload.trace_readers import TraceTable
 from sim.workload.trace_stats import timestamp_grid_s
-from sim.workload.traces import TraceSpec
 
-if TYPE_CHECKING:
-    from sim.build import ResolvedScenario
+if TYPE_CHECKING:  # annotations only: traces imports this module to replay what it reads
     from sim.model.cluster import NodeSpec
+    from sim.workload.traces import TraceSpec
 
 logger = logging.getLogger(__name__)
 
@@ -554,24 +553,6 @@ def trim_prompts(w: Workload, target: np.ndarray) -> Workload:
     np.cumsum(np.bincount(request[keep], minlength=len(w)), out=seg_ptr[1:])
     return _replace(w, prompt_tokens=target.astype(np.int64), seg_ptr=seg_ptr,
                     seg_key=w.seg_key[keep], seg_len=seg_len)
-
-
-def expected_losses(resolved: ResolvedScenario, replication: int = 0) -> dict[str, Any]:
-    """The ``input`` block a run of ``resolved`` will write (replication ``replication``):
-    rows, drops by reason, outputs capped, prompts trimmed, requests beyond the context.
-
-    Builds the workload as a run does (for a trace: reads the whole file and replays it).
-
-    Raises:
-        ScenarioError, TraceError: as building the workload does.
-    """
-    from sim.workload.spec import build_workload
-
-    sc = resolved.scenario
-    workload = build_workload(sc.workload, sc.duration_s, sc.seed + replication,
-                              base_dir=resolved.base_dir,
-                              limits=node_limits(resolved.node_specs))
-    return workload.accounting
 
 
 def loss_lines(accounting: dict[str, Any], replications: int = 1) -> list[str]:

@@ -21,7 +21,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -34,9 +34,12 @@ from sim.workload.arrivals import ArrivalProcess, arrivals
 from sim.workload.base import Workload
 from sim.workload.lengths import LengthDistribution, lengths
 from sim.workload.prefixes import prefix_segments, prefixes, take_requests
-from sim.workload.replay import NodeLimits, fit_context
+from sim.workload.replay import NodeLimits, fit_context, node_limits
 from sim.workload.sessions import MultiTurn, sessions
 from sim.workload.traces import TraceSpec, check_trace, read_trace
+
+if TYPE_CHECKING:
+    from sim.build import ResolvedScenario
 
 logger = logging.getLogger(__name__)
 
@@ -374,3 +377,20 @@ def _sort_by_arrival(w: Workload) -> Workload:
         "prefix_group", "output_key")}
     return dataclasses.replace(w, seg_ptr=seg_ptr, seg_key=w.seg_key[index],
                                seg_len=w.seg_len[index], **columns)
+
+
+def expected_losses(resolved: ResolvedScenario, replication: int = 0) -> dict[str, Any]:
+    """The ``input`` block a run of ``resolved`` will write (replication ``replication``):
+    rows, drops by reason, outputs capped, prompts trimmed, requests beyond the context.
+
+    Builds the workload as a run does (for a trace: reads the whole file and replays it).
+    ``sim.workload.replay.loss_lines`` words the block.
+
+    Raises:
+        ScenarioError, TraceError: as building the workload does.
+    """
+    sc = resolved.scenario
+    workload = build_workload(sc.workload, sc.duration_s, sc.seed + replication,
+                              base_dir=resolved.base_dir,
+                              limits=node_limits(resolved.node_specs))
+    return workload.accounting

@@ -29,6 +29,7 @@ from sim.errors import ScenarioError, TraceError
 from sim.spec import StrictModel
 from sim.workload.base import Workload
 from sim.workload.lengths import MAX_TOKENS
+from sim.workload.replay import replay
 from sim.workload.trace_readers import (
     FORMATS,
     UNIT_S,
@@ -210,8 +211,6 @@ def trace_workload(spec: TraceSpec, duration_s: float | None, seed: int,
         seed: root seed; only ``jitter_within_s`` draws, from ``(seed, "workload", "trace")``.
         base_dir: folder that a relative ``spec.path`` starts from.
     """
-    from sim.workload.replay import replay
-
     return replay(read_trace(spec, base_dir), spec, duration_s, seed)
 
 
