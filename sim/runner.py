@@ -105,7 +105,7 @@ def _router(resolved: ResolvedScenario, choice: StrategyChoice, env: simpy.Envir
     if rsc.kv_events_delay_s is not None:
         mirror = KvEventMirror(cluster.nodes, table, rsc.kv_events_delay_s, lambda: env.now)
     return Router(env, cluster, table, strategies, rsc.telemetry_interval_s, admission,
-                  None if mirror is None else mirror.cached_prefix_blocks)
+                  None if mirror is None else mirror.cached_prefix_blocks, rsc.max_in_flight)
 
 
 def _ticker(env: simpy.Environment, router: Router, horizon: float,
@@ -201,7 +201,7 @@ def request_columns(table: RequestTable, specs: list | None = None) -> dict[str,
                                    dtype=np.float64 if name.endswith("_s") else np.int64)
                for name in ("node", "status", "generated_tokens", "cached_tokens",
                             "recomputed_tokens", "preemptions", "first_scheduled_s",
-                            "first_token_s", "finish_s")}
+                            "first_token_s", "finish_s", "client_wait_s")}
     if specs is not None:
         _add_api_latency(records, np.array(table.arrival_s, dtype=np.float64),
                          np.array(table.prompt_tokens, dtype=np.int64), specs)
@@ -215,7 +215,7 @@ def request_columns(table: RequestTable, specs: list | None = None) -> dict[str,
         "max_output_tokens": np.array(table.max_output_tokens, dtype=np.int64),
         **{k: records[k] for k in ("generated_tokens", "cached_tokens", "recomputed_tokens",
                                    "preemptions", "first_scheduled_s", "first_token_s",
-                                   "finish_s")},
+                                   "finish_s", "client_wait_s")},
         "session_id": np.array(table.session_id, dtype=np.int64),
         "prefix_group": np.array(table.prefix_group, dtype=np.int64),
     }

@@ -146,6 +146,11 @@ class RouterSpec(Model):
         None, ge=0, description="nodes publish KV-cache events that reach the router after "
                                 "this delay, for strategies with precise cache knowledge; "
                                 "null: no events")
+    max_in_flight: Int | None = Field(
+        None, ge=1, description="the client's concurrency cap (a closed-loop load generator, "
+                                "as vllm bench serve --max-concurrency): requests beyond it "
+                                "wait at the client and latencies count from the send; null: "
+                                "open loop")
 
     @field_validator("strategies")
     @classmethod

@@ -122,3 +122,16 @@ def test_shipped_profile_on_held_out_measured_runs(shared_dir: Path, cell: str,
     assert abs(score.error["ttft"]["mean"]) < ttft_max
     assert not score.overload_disagree
     assert np.isfinite(score.error["itl"]["mean"])
+
+
+@pytest.mark.shared
+def test_closed_loop_cell_is_replayed_closed_loop(shared_dir: Path) -> None:
+    """A client-capped saturated cell: replayed from the intended schedule with the client's
+    cap, simlb agrees that the server was saturated and gets mean E2E within 10 %."""
+    path = shared_dir / "ground_truth" / "residency_vllm" / "results" / "w7_sweep" / "agg12"
+    run = read_run("tracev2", path)
+    pred = replay(run, PROFILE)
+    assert any("closed loop" in note for note in pred.notes)
+    score = score_run(run, pred)
+    assert score.overload_measured.overloaded and score.overload_predicted.overloaded
+    assert abs(score.error["e2e"]["mean"]) < 10.0

@@ -114,12 +114,44 @@ def resolve_tree(tree: dict[str, Any], source: str, base_dir: Path | None = None
     return resolve(scenario, source, base_dir or Path.cwd())
 
 
-def workload_of(run: MeasuredRun) -> Any:
-    """The teacher-forced workload: the completed rows, exactly as measured."""
+def client_cap(run: MeasuredRun) -> int | None:
+    """The concurrency cap of a closed-loop run's client, or None for an open-loop run.
+
+    A run is replayed closed loop when its sends lag the intended schedule by more than
+    ``CLOSED_LOOP_LAG_S`` (the client held requests back: the residency cells capped at 256
+    in flight) and the schedule is known. The cap is the most requests the measured run had in
+    flight (sent, not finished). Replaying such a run's send times open loop is ill-conditioned:
+    they follow the real server's completions, so a simulated server a few % faster drains the
+    backlog and one a few % slower lets it grow without bound; closed loop, the simulated
+    server sets the pace of its own sends, as the real one did.
+    """
+    from sim.fidelity.readers import CLOSED_LOOP_LAG_S
+    from sim.fidelity.score import in_system
+
+    intended = run.extra.get("intended_arrival_s")
+    if intended is None or run.extra.get("send_lag_max_s", 0.0) <= CLOSED_LOOP_LAG_S:
+        return None
+    ok = run.ok
+    return int(in_system(run.arrival_s[ok], run.e2e_s[ok], run.arrival_s[ok]).max())
+
+
+def _replay_order(run: MeasuredRun, cap: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, arrival_s)``: the replayed rows in workload order and their arrival times (the
+    intended schedule when replayed closed loop, else the measured sends)."""
+    rows = np.flatnonzero(run.ok)
+    if cap is None:
+        return rows, run.arrival_s[rows]
+    intended = np.asarray(run.extra["intended_arrival_s"])[:len(run)][rows]
+    order = np.argsort(intended, kind="stable")
+    return rows[order], intended[order]
+
+
+def workload_of(run: MeasuredRun, cap: int | None = None) -> Any:
+    """The teacher-forced workload: the completed rows with their measured lengths, sent at
+    the measured times (or, closed loop, arriving on the intended schedule)."""
     from sim.workload.base import unique_prompt_workload
 
-    rows = run.ok
-    arrival = run.arrival_s[rows]
+    rows, arrival = _replay_order(run, cap)
     arrival = arrival - arrival[0]
     span = float(arrival[-1]) if arrival.size > 1 else 0.0
     rate = (arrival.size - 1) / span if span > 0 else math.nan
@@ -140,15 +172,19 @@ def replay(run: MeasuredRun, profile: str, overrides: Sequence[str] = (),
 
     source = f"fidelity replay of {run.source}"
     tree = scenario_tree(run, profile)
+    cap = client_cap(run)
+    if cap is not None:
+        tree["router"]["max_in_flight"] = cap
     try:
         tree = apply_overrides(tree, overrides)
     except ScenarioError as exc:
         raise ScenarioError(exc.detail, source=source, field=exc.field) from None
     resolved = resolve_tree(tree, source, base_dir)
-    workload = workload_of(run)
+    cap = tree["router"].get("max_in_flight")
+    workload = workload_of(run, cap)
     result = simulate(resolved, resolved.strategies[0], 0, workload)
     req = result.requests
-    rows = np.flatnonzero(run.ok)
+    rows, _ = _replay_order(run, cap)
     n = len(run)
     status = np.full(n, -1, dtype=np.int64)
     status[rows] = req["status"]
@@ -160,7 +196,9 @@ def replay(run: MeasuredRun, profile: str, overrides: Sequence[str] = (),
         itl = np.where(done & (gen > 1), (e2e - ttft) / (gen - 1), np.nan)
     out = {k: np.full(n, np.nan) for k in ("ttft", "e2e", "itl")}
     out["ttft"][rows], out["e2e"][rows], out["itl"][rows] = ttft, e2e, itl
-    notes = []
+    notes = [] if cap is None else [
+        f"replayed closed loop: intended arrivals, at most {cap} requests in flight (the "
+        f"measured client's cap); latencies count from the simulated send"]
     for code, what in ((UNFINISHED, "unfinished at the drain horizon"),
                        (REJECTED, "rejected (longer than max_model_len?)")):
         k = int((req["status"] == code).sum())

@@ -58,6 +58,8 @@ class RequestTable:
         self.cached_tokens = array("q", [0]) * n
         self.recomputed_tokens = array("q", [0]) * n
         self.generated_tokens = array("q", [0]) * n
+        #: seconds a request waited at the client for its concurrency cap (router)
+        self.client_wait_s = array("d", [0.0]) * n
 
     def record(self, outcome: Outcome) -> None:
         """Store an attempt's outcome as the request's record."""

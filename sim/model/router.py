@@ -17,12 +17,18 @@ Beyond one decision per request, the router carries the mechanisms strategies ma
 * **rebalancing**: a strategy with ``rebalance_interval_s`` is asked periodically for moves and
   the router moves queued requests that never started (newest first);
 * **replicas**: ``replicas`` routers share the arrivals round robin, each with its own strategy
-  instance and counters of only its own dispatches (the imbalance real multi-router setups show).
+  instance and counters of only its own dispatches (the imbalance real multi-router setups show);
+* **a client concurrency cap** (``max_in_flight``): the load generator keeps at most that many
+  requests in flight, as ``vllm bench serve --max-concurrency`` or a capped benchmark client
+  does. A request arriving with the cap reached waits at the client, in arrival order, and is
+  sent when an earlier one leaves; its ``arrival_s`` becomes the send time (latencies count
+  from the send, as such clients measure them) and ``client_wait_s`` records the wait.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
@@ -110,7 +116,8 @@ class Router:
     def __init__(self, env: simpy.Environment, cluster: Cluster, table: RequestTable,
                  strategies: list[Strategy], telemetry_interval_s: float,
                  admission: Admission | None = None,
-                 cached_prefix_blocks: Callable[[int, int], int] | None = None):
+                 cached_prefix_blocks: Callable[[int, int], int] | None = None,
+                 max_in_flight: int | None = None):
         self.env = env
         self.cluster = cluster
         self.nodes = cluster.nodes
@@ -133,6 +140,9 @@ class Router:
         self.dispatched = 0
         self.arrivals_done = False
         self._next_arrival = 0
+        #: the client's concurrency cap and the requests waiting at the client for it
+        self.max_in_flight = max_in_flight
+        self._held: deque[int] = deque()
         self.drained = env.event()
         #: live attempts (node ids) of requests with hedge or retry timers
         self._attempts: dict[int, set[int]] = {}
@@ -164,20 +174,41 @@ class Router:
         arrival_s = table.arrival_s
         now = env.now
         rid = self._next_arrival
-        n_rep = len(self.replicas)
+        cap = self.max_in_flight
         while rid < table.n and arrival_s[rid] <= now:
-            if n_rep == 1:
-                self._dispatch(self.replicas[0], rid)
+            if cap is not None and (self._held or self.outstanding >= cap):
+                self._held.append(rid)
             else:
-                assert self._origin is not None
-                self._origin[rid] = rid % n_rep
-                self._dispatch(self.replicas[rid % n_rep], rid)
+                self._send_new(rid)
             rid += 1
         self._next_arrival = rid
         if rid < table.n:
             Timeout(env, arrival_s[rid] - now).callbacks.append(self._arrive)
         else:
             self.arrivals_done = True
+            self._check_drained()
+
+    def _send_new(self, rid: int) -> None:
+        """Route a request the client sends now (to its replica, round robin by id)."""
+        n_rep = len(self.replicas)
+        if n_rep == 1:
+            self._dispatch(self.replicas[0], rid)
+        else:
+            assert self._origin is not None
+            self._origin[rid] = rid % n_rep
+            self._dispatch(self.replicas[rid % n_rep], rid)
+
+    def _release_held(self) -> None:
+        """Send waiting requests while the client's cap allows (after a request left)."""
+        held, cap, table = self._held, self.max_in_flight, self.table
+        assert cap is not None
+        now = self.env.now
+        while held and self.outstanding < cap:
+            rid = held.popleft()
+            table.client_wait_s[rid] = now - table.arrival_s[rid]
+            table.arrival_s[rid] = now
+            self._send_new(rid)
+        if not held:
             self._check_drained()
 
     def _info(self, rid: int) -> RequestInfo:
@@ -222,6 +253,8 @@ class Router:
         nan = math.nan
         self.table.record(Outcome(rid, -1, REJECTED, nan, nan, now, 0, 0, 0, 0, 0))
         self.outstanding -= 1
+        if self._held:
+            self._release_held()
         self._check_drained()
 
     @staticmethod
@@ -247,6 +280,8 @@ class Router:
             if replica.watches_finish:
                 replica.strategy.on_finish(outcome)
             self.outstanding -= 1
+            if self._held:
+                self._release_held()
             self._check_drained()
             return
         attempts.discard(node)
@@ -263,13 +298,16 @@ class Router:
             del self._attempts[rid]
             self._final.discard(rid)
             self.outstanding -= 1
+            if self._held:
+                self._release_held()
             self._check_drained()
 
     def _first_token(self, rid: int, node: int, now: float) -> None:
         self._replica_of(rid).strategy.on_first_token(rid, node, now)
 
     def _check_drained(self) -> None:
-        if self.arrivals_done and self.outstanding == 0 and not self.drained.triggered:
+        if (self.arrivals_done and self.outstanding == 0 and not self._held
+                and not self.drained.triggered):
             self.drained.succeed()
 
     # -- hedging and retries --------------------------------------------------------------------
