@@ -7,12 +7,11 @@ from pathlib import Path
 
 import click
 
+from sim.commands.options import non_empty_path
 from sim.errors import InputError
 
 
 def _non_empty(value: str | None) -> Path | None:
-    from sim.cli import non_empty_path
-
     return non_empty_path(value, "--out")
 
 

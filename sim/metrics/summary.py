@@ -38,7 +38,7 @@ import numpy as np
 
 from sim.metrics.herding import fold_grade, herding
 from sim.metrics.recorder import LogHistogram
-from sim.model.requests import COMPLETED, FAILED, REJECTED, UNFINISHED
+from sim.outcome import COMPLETED, FAILED, REJECTED, UNFINISHED
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p99.9": 0.999}
 GRADES = ((0.1, "Excellent"), (0.2, "Good"), (0.3, "Fair"))

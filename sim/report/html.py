@@ -27,8 +27,9 @@ import jinja2
 import pandas as pd
 
 import sim
+import sim.report.plots as plots  # the submodules, not the package: no html <-> __init__ edge
+import sim.report.stats as stats
 from sim.errors import InputError
-from sim.report import plots, stats
 from sim.report.load import Runs, load_runs
 from sim.report.stats import Estimate, MetricRow
 
