@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import ScenarioError
-from sim.fidelity.run import MeasuredRun
+from sim.fidelity.run import MeasuredRun, in_system
 from sim.outcome import COMPLETED, REJECTED, UNFINISHED
 
 #: seconds past the last arrival a replay may run (at least), and as a multiple of the span
@@ -126,7 +126,6 @@ def client_cap(run: MeasuredRun) -> int | None:
     server sets the pace of its own sends, as the real one did.
     """
     from sim.fidelity.readers import CLOSED_LOOP_LAG_S
-    from sim.fidelity.score import in_system
 
     intended = run.extra.get("intended_arrival_s")
     if intended is None or run.extra.get("send_lag_max_s", 0.0) <= CLOSED_LOOP_LAG_S:

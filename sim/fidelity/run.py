@@ -117,3 +117,11 @@ def measured_rate(arrival_s: np.ndarray) -> float:
         return float("nan")
     span = float(arrival_s.max() - arrival_s.min())
     return (arrival_s.size - 1) / span if span > 0 else float("nan")
+
+
+def in_system(arrival_s: np.ndarray, e2e_s: np.ndarray, at_s: np.ndarray) -> np.ndarray:
+    """Requests sent and not finished at each time of ``at_s`` (arrival inclusive)."""
+    start = np.sort(arrival_s)
+    end = np.sort(arrival_s + e2e_s)
+    return (np.searchsorted(start, at_s, side="right")
+            - np.searchsorted(end, at_s, side="right")).astype(float)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from sim.fidelity.replay import Prediction
-from sim.fidelity.run import MeasuredRun
+from sim.fidelity.run import MeasuredRun, in_system
 
 METRICS = ("ttft", "e2e", "itl")
 STATS = ("mean", "p50", "p90", "p99")
@@ -83,14 +83,6 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
         return asdict(self)
-
-
-def in_system(arrival_s: np.ndarray, e2e_s: np.ndarray, at_s: np.ndarray) -> np.ndarray:
-    """Requests sent and not finished at each time of ``at_s`` (arrival inclusive)."""
-    start = np.sort(arrival_s)
-    end = np.sort(arrival_s + e2e_s)
-    return (np.searchsorted(start, at_s, side="right")
-            - np.searchsorted(end, at_s, side="right")).astype(float)
 
 
 def overload_verdict(arrival_s: np.ndarray, e2e_s: np.ndarray,
