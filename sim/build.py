@@ -21,6 +21,7 @@ from sim.policy.admission import admissions
 from sim.policy.base import Strategy, StrategyParams, strategies
 from sim.scenario import NodeGroupSpec, Scenario, StrategySpec
 from sim.spec import build_params
+from sim.workload.lengths import MAX_TOKENS
 from sim.workload.spec import check_workload_spec
 
 
@@ -76,6 +77,10 @@ def resolve(scenario: Scenario, source: str, base_dir: Path,
             problems, the profile file.
     """
     try:
+        cap = scenario.workload.max_output_tokens
+        if cap is not None and cap > MAX_TOKENS:
+            raise ScenarioError(f"expected at most {MAX_TOKENS} tokens, got {cap}",
+                                field="workload.max_output_tokens")
         check_workload_spec(scenario.workload, base_dir=base_dir)
         nodes: list[NodeSpec] = []
         for gi, group in enumerate(scenario.cluster.node_groups):

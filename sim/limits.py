@@ -12,6 +12,7 @@ the workload (nothing is drawn):
 * ``arrival_draws``: random draws of the arrival process beyond one per request (MMPP sojourns,
   periodic pieces);
 * ``nodes``: nodes of the cluster;
+* ``runs``: simulations, replications x strategies (not per replication);
 * ``timeline_rows``: nodes x ``metrics.bucket_s`` buckets over ``duration_s + drain_timeout_s``;
 * ``monitor_samples``: nodes x ``metrics.monitor_interval_s`` intervals over the same horizon.
 
@@ -39,6 +40,8 @@ _WHAT = {
     "nodes": ("max_nodes", "nodes", "lower cluster.node_groups.*.count"),
     "timeline_rows": ("max_timeline_rows", "timeline rows (nodes x metrics.bucket_s buckets "
                       "over duration_s + drain_timeout_s)", "raise metrics.bucket_s"),
+    "runs": ("max_runs", "simulations (replications x strategies)",
+             "lower replications or the strategies"),
     "monitor_samples": ("max_monitor_samples", "balance samples (nodes x "
                         "metrics.monitor_interval_s intervals over duration_s + "
                         "drain_timeout_s)", "raise metrics.monitor_interval_s"),
@@ -59,6 +62,7 @@ def estimate(scenario: Scenario) -> dict[str, float]:
         "requests": requests,
         "arrival_draws": draws,
         "nodes": nodes,
+        "runs": float(sc.replications * len(sc.router.strategies)),
         "timeline_rows": nodes * (horizon / sc.metrics.bucket_s + 1),
         "monitor_samples": nodes * (horizon / sc.metrics.monitor_interval_s + 1),
     }

@@ -32,6 +32,8 @@ SCHEMA_VERSION = 1
 #: names of scenarios, groups and labels: they become folder names, so no leading dot
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 GRADE_SENSES = ("batch_occupancy", "kv_occupancy", "busy", "token_share", "mfu")
+#: the largest KV capacity or context a node may have (2^40 tokens: far beyond any GPU)
+MAX_KV_TOKENS = 1 << 40
 #: labels a strategy may not have: ``<out>/<scenario>/report`` is the report's folder
 RESERVED_LABELS = ("report",)
 #: the largest scenario file read (a scenario is a few KB; /dev/zero would never end)
@@ -64,8 +66,9 @@ class NodeGroupSpec(Model):
         description="iteration cost model (cost_model registry), e.g. {name: profile, "
                     "params: {profile: h100/llama-3-8b}}")
     kv_capacity_tokens: Int | None = Field(
-        None, ge=1, description="KV cache size of one node; null: from the profile "
-                                "(required with a cost model that has none)")
+        None, ge=1, le=MAX_KV_TOKENS,
+        description="KV cache size of one node; null: from the profile (required with a cost "
+                    "model that has none)")
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="fraction of GPU memory vLLM may use, to recompute the "
                                       "profile's KV capacity; null: the profile's own value")
@@ -73,9 +76,9 @@ class NodeGroupSpec(Model):
     prefix_caching: bool = Field(True, description="share full prompt blocks between requests "
                                                    "(vLLM automatic prefix caching)")
     max_model_len_tokens: Int | None = Field(
-        None, ge=2, description="longest prompt + max_output_tokens a node accepts (longer "
-                                "requests are rejected); the profile's context limit applies "
-                                "too")
+        None, ge=2, le=MAX_KV_TOKENS,
+        description="longest prompt + max_output_tokens a node accepts (longer requests are "
+                    "rejected); the profile's context limit applies too")
     model: str = Field("", pattern=r"^[A-Za-z0-9_.:/-]*$",
                        description="the model the group serves; requests asking for a model "
                                    "(workload.models, a trace's model column) go only to its "
@@ -180,9 +183,10 @@ class SloSpec(Model):
 class MetricsSpec(Model):
     """Measurement settings."""
 
-    bucket_s: float = Field(1.0, gt=0, description="width of the over-time series buckets")
+    bucket_s: float = Field(1.0, gt=0, le=1e9, description="width of the over-time series "
+                                                          "buckets")
     monitor_interval_s: float = Field(
-        10.0, gt=0, description="interval of the balance series (CV, imbalance, grade over "
+        10.0, gt=0, le=1e9, description="interval of the balance series (CV, imbalance, grade over "
                                 "time) in the summary")
     grade_on: Literal["batch_occupancy", "kv_occupancy", "busy", "token_share", "mfu"] = Field(
         "batch_occupancy", description="which utilisation sense the balance grade (CV over "
@@ -203,6 +207,8 @@ class LimitsSpec(Model):
                                      "drain_timeout_s")
     max_arrival_draws: int = Field(50_000_000, ge=1, description="arrival-process draws "
                                    "besides one per request (MMPP sojourns)")
+    max_runs: int = Field(10_000, ge=1, description="simulations of one simlb run: "
+                                                    "replications x strategies")
 
 
 class Scenario(Model):

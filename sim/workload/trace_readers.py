@@ -24,6 +24,7 @@ import itertools
 import json
 import math
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,7 +285,14 @@ def _csv_chunks(path: Path, layout: TraceLayout,
         reader = pd.read_csv(path, index_col=False, chunksize=CHUNK_ROWS, nrows=max_rows,
                              skipinitialspace=True,
                              compression="gzip" if is_gzip(path) else None)
-        for frame in reader:
+        while True:
+            with warnings.catch_warnings():
+                # a short row is read with missing values, which the value checks report
+                # with their line; pandas' multi-line warning about it would only add noise
+                warnings.simplefilter("ignore", pd.errors.ParserWarning)
+                frame = next(reader, None)
+            if frame is None:
+                return
             frame.columns = [c.strip() for c in frame.columns]
             yield {name: frame[name] for name in present}
     except pd.errors.ParserError as exc:
