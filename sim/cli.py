@@ -141,15 +141,19 @@ def main() -> None:
                    "Results are the same; memory grows with each.")
 @click.option("--no-limits", "no_limits", is_flag=True,
               help="Skip the size limits (the scenario's limits block): run however large.")
+@click.option("--wide", is_flag=True,
+              help="Every column of the comparison table, however narrow the terminal "
+                   "(by default a narrower table when the full one does not fit).")
 @_handle_errors
 def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
         replications: int | None, overrides: tuple[str, ...], out: Path, force: bool,
-        quiet: bool, as_json: bool, with_report: bool, jobs: int, no_limits: bool) -> None:
+        quiet: bool, as_json: bool, with_report: bool, jobs: int, no_limits: bool,
+        wide: bool) -> None:
     """Simulate SCENARIO once per strategy and replication, and compare them."""
     from rich.console import Console
 
     from sim import app
-    from sim.console import comparison_table, progress_bars
+    from sim.console import print_comparison, progress_bars
     from sim.results import dumps_json
 
     resolved = app.load(scenario, overrides, seed=seed, replications=replications,
@@ -171,8 +175,8 @@ def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
         click.echo(dumps_json({f"{r.label}/seed-{r.seed}": r.summary for r in results}), nl=False)
     else:
         out_console = Console() if sys.stdout.isatty() else Console(width=200)
-        out_console.print(comparison_table(results, f"{resolved.scenario.name}: "
-                                                  f"{len(resolved.node_specs)} nodes"))
+        print_comparison(out_console, results, f"{resolved.scenario.name}: "
+                                               f"{len(resolved.node_specs)} nodes", wide=wide)
         click.echo(f"results: {out / resolved.scenario.name}/<strategy>/seed-<k>/")
         if report_path is not None:
             click.echo(f"report: {report_path}")

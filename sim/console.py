@@ -6,7 +6,9 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -64,28 +66,72 @@ def _pair(rows: Sequence[RunResult], metric: str, scale: float = 1.0) -> str:
     return f"{_fmt(p50)} / {_fmt(p99)}"
 
 
-def comparison_table(results: Sequence[RunResult], title: str) -> Table:
-    """One row per strategy (means over replications)."""
-    table = Table(title=title, title_justify="left")
-    headers = ("strategy", "runs", "TTFT p50/p99 s", "TPOT p50/p99 ms", "E2E p50/p99 s",
-               "req/s", "goodput", "util CV", "imbal.", "grade", "cache hit", "preempt",
-               "rejected")
+#: the full table's columns (``--wide``, or a terminal wide enough for them)
+WIDE = ("strategy", "runs", "TTFT p50/p99 s", "TPOT p50/p99 ms", "E2E p50/p99 s", "req/s",
+        "goodput", "util CV", "imbal.", "grade", "cache hit", "preempt", "rejected")
+#: the columns that fit an 80-column terminal
+NARROW = ("strategy", "TTFT p99 s", "TPOT p99 ms", "E2E p99 s", "goodput", "util CV", "grade",
+          "cache hit")
+#: how the narrow table shows its headers (on two lines)
+_NARROW_HEADERS = {"TTFT p99 s": "TTFT\np99 s", "TPOT p99 ms": "TPOT\np99 ms",
+                   "E2E p99 s": "E2E\np99 s", "goodput": "goodput\nreq/s",
+                   "util CV": "util\nCV", "cache hit": "cache\nhit"}
+
+
+def _cells(rows: Sequence[RunResult]) -> dict[str, str]:
+    """Every column's text for one strategy (means over its replications)."""
+    grades = sorted({str(r.summary["utilization"]["grade"]["grade"]) for r in rows})
+    return {
+        "strategy": rows[0].label, "runs": str(len(rows)),
+        "TTFT p50/p99 s": _pair(rows, "ttft"), "TPOT p50/p99 ms": _pair(rows, "tpot", 1000.0),
+        "E2E p50/p99 s": _pair(rows, "e2e"),
+        "TTFT p99 s": _fmt(_mean(rows, "latency_s", "ttft", "p99")),
+        "TPOT p99 ms": _fmt(_mean(rows, "latency_s", "tpot", "p99") * 1000.0),
+        "E2E p99 s": _fmt(_mean(rows, "latency_s", "e2e", "p99")),
+        "req/s": _fmt(_mean(rows, "throughput", "completed_rps")),
+        "goodput": _fmt(_mean(rows, "throughput", "goodput_rps")),
+        "util CV": _fmt(_mean(rows, "utilization", "grade", "cv"), 2),
+        "imbal.": _fmt(_mean(rows, "utilization", "grade", "imbalance"), 2),
+        "grade": "/".join(grades), "cache hit": f"{_mean(rows, 'cache', 'hit_rate'):.1%}",
+        "preempt": _fmt(_mean(rows, "preemptions", "total"), 6),
+        "rejected": _fmt(_mean(rows, "requests", "rejected"), 6)}
+
+
+def comparison_table(results: Sequence[RunResult], title: str, *,
+                     wide: bool = True) -> Table:
+    """One row per strategy (means over replications): every column, or with ``wide`` False
+    the ones that fit 80 columns (p99 latencies, goodput, balance, cache hits)."""
+    headers = WIDE if wide else NARROW
+    table = Table(title=title, title_justify="left", box=None if not wide else box.HEAVY_HEAD,
+                  pad_edge=False)
     for i, header in enumerate(headers):
-        table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
+        shown = header if wide else _NARROW_HEADERS.get(header, header)
+        table.add_column(shown, justify="left" if i == 0 else "right", no_wrap=True)
     for label in dict.fromkeys(r.label for r in results):
-        rows = [r for r in results if r.label == label]
-        grades = sorted({str(r.summary["utilization"]["grade"]["grade"]) for r in rows})
-        table.add_row(
-            label, str(len(rows)), _pair(rows, "ttft"), _pair(rows, "tpot", 1000.0),
-            _pair(rows, "e2e"), _fmt(_mean(rows, "throughput", "completed_rps")),
-            _fmt(_mean(rows, "throughput", "goodput_rps")),
-            _fmt(_mean(rows, "utilization", "grade", "cv"), 2),
-            _fmt(_mean(rows, "utilization", "grade", "imbalance"), 2), "/".join(grades),
-            f"{_mean(rows, 'cache', 'hit_rate'):.1%}",
-            _fmt(_mean(rows, "preemptions", "total"), 6),
-            _fmt(_mean(rows, "requests", "rejected"), 6))
+        cells = _cells([r for r in results if r.label == label])
+        table.add_row(*(cells[h] for h in headers))
     sense = results[0].summary["utilization"]["grade"]["sense"] if results else ""
     table.caption = (f"util CV, imbalance and grade: {sense} across nodes; means over runs; "
-                     "every figure per run is in summary.json")
+                     "every figure per run is in summary.json"
+                     + ("" if wide else "; --wide for every column"))
     table.caption_justify = "left"
     return table
+
+
+def print_comparison(console: Console, results: Sequence[RunResult], title: str, *,
+                     wide: bool = False) -> None:
+    """Print the comparison table: every column when it fits the console (or ``wide``: then
+    as wide as it needs, the terminal wrapping its lines), else the narrow one."""
+    full = comparison_table(results, title, wide=True)
+    needed = Measurement.get(console, console.options.update(width=10_000), full).maximum
+    if needed <= console.width:
+        console.print(full)
+    elif wide:
+        width = console.width
+        console.width = needed
+        try:
+            console.print(full, crop=False)
+        finally:
+            console.width = width
+    else:
+        console.print(comparison_table(results, title, wide=False))

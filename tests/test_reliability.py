@@ -450,3 +450,34 @@ def test_empty_out_is_refused(tmp_path: Path, command: str,
     result = invoke(command, *args, "--out", "")
     expect_error(result, "--out", "expected a folder name")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+# --- the comparison table fits the terminal (13.10) -------------------------------------------
+
+def test_comparison_table_fits_80_columns_and_wide_shows_every_column(tmp_path: Path) -> None:
+    """In 80 columns the narrow table shows without cut cells; --wide (or a wide enough
+    terminal) shows every column."""
+    import io
+
+    from rich.console import Console
+
+    from sim.console import print_comparison
+
+    raw = tiny()
+    raw["router"]["strategies"] = [{"name": "round_robin"}, {"name": "power_of_two",
+                                                             "label": "a_rather_long_label"}]
+    results = app.run_all(app.load(write_scenario(tmp_path, raw)), tmp_path / "out")
+
+    def shown(width: int, wide: bool) -> str:
+        buffer = io.StringIO()
+        print_comparison(Console(file=buffer, width=width), results, "test: 2 nodes",
+                         wide=wide)
+        return buffer.getvalue()
+
+    narrow = shown(80, wide=False)
+    assert "…" not in narrow and max(len(line) for line in narrow.splitlines()) <= 80
+    assert "a_rather_long_label" in narrow and "goodput" in narrow and "--wide" in narrow
+    for text in (shown(80, wide=True), shown(200, wide=False)):
+        assert "…" not in text
+        assert all(h in text for h in ("TTFT p50/p99 s", "preempt", "rejected", "imbal."))
+    assert "--wide" not in shown(200, wide=False)
