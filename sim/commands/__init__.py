@@ -11,4 +11,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sim.commands.trace",
     "sim.commands.fidelity",
     "sim.commands.calibrate",
+    "sim.commands.sweep",
+    "sim.commands.capacity",
 )
