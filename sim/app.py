@@ -74,10 +74,31 @@ def run_all(resolved: ResolvedScenario, out: Path, *, force: bool = False,
         workload = replication_workload(resolved, k)
         for choice in resolved.strategies:
             cb = progress(choice.label, k) if progress else None
-            result = simulate(resolved, choice, k, workload, cb)
+            result = simulate(resolved, choice, k, workload,
+                              arrivals_progress(cb, sc.duration_s))
             _write(resolved, result, out, force)
+            finish_progress(cb)
             results.append(result)
     return results
+
+
+def arrivals_progress(progress: Progress | None, duration_s: float) -> Progress | None:
+    """``progress`` measured against the arrivals' ``duration_s`` instead of the horizon
+    (which adds the drain timeout, mostly unused): the bar moves with the arrivals and waits
+    just below 100 % while the last requests drain."""
+    if progress is None:
+        return None
+
+    def update(sim_s: float, horizon_s: float, dispatched: int) -> None:
+        progress(sim_s, duration_s, dispatched)
+    return update
+
+
+def finish_progress(progress: Progress | None) -> None:
+    """Tell a progress callback that its run has finished (its ``finish``, if it has one)."""
+    finish = getattr(progress, "finish", None)
+    if finish is not None:
+        finish()
 
 
 def served_nothing(results: Sequence[RunResult]) -> str | None:

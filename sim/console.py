@@ -3,22 +3,45 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sim.runner import Progress as ProgressCallback
 from sim.runner import RunResult
 
 
+class _RunBar:
+    """The progress callback of one run's bar; ``finish`` fills it and stops its clock."""
+
+    def __init__(self, bars: Progress, task: TaskID) -> None:
+        self.bars = bars
+        self.task = task
+        self.start = time.perf_counter()
+
+    def __call__(self, sim_s: float, horizon_s: float, dispatched: int) -> None:
+        """Show ``sim_s`` of ``horizon_s`` (kept below 100 % until the run has finished)."""
+        wall = max(time.perf_counter() - self.start, 1e-9)
+        done = min(sim_s / horizon_s, 0.999) if horizon_s > 0 else 0.0
+        self.bars.update(self.task, completed=done, sim_s=sim_s, req=dispatched,
+                         rate=dispatched / wall)
+
+    def finish(self) -> None:
+        """The run has finished: the bar reaches 100 % and its clock stops."""
+        self.bars.update(self.task, completed=1.0)
+        self.bars.stop_task(self.task)
+
+
 @contextmanager
 def progress_bars(console: Console, enabled: bool) -> Iterator[object]:
-    """Yield a factory of per-run progress callbacks (or None when disabled)."""
+    """Yield a factory of per-run progress callbacks (or None when disabled); each callback
+    has a ``finish`` method, called when its run has finished (``sim.app.finish_progress``)."""
     if not enabled:
         yield None
         return
@@ -30,14 +53,7 @@ def progress_bars(console: Console, enabled: bool) -> Iterator[object]:
         def factory(label: str, replication: int) -> ProgressCallback:
             task = bars.add_task(f"{label} #{replication}", total=1.0, sim_s=0.0, req=0,
                                  rate=0.0)
-            import time
-            start = time.perf_counter()
-
-            def update(sim_s: float, horizon_s: float, dispatched: int) -> None:
-                wall = max(time.perf_counter() - start, 1e-9)
-                bars.update(task, completed=min(sim_s / horizon_s, 1.0), sim_s=sim_s,
-                            req=dispatched, rate=dispatched / wall)
-            return update
+            return _RunBar(bars, task)
         yield factory
 
 

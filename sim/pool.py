@@ -159,17 +159,21 @@ def _on_terminate(signum: int, frame: object) -> None:
 def _run_task(scenario: bytes, index: int, choice_index: int, replication: int,
               out: Path, force: bool, report: bool) -> RunResult:
     global _in_task
-    from sim.app import run_one
+    from sim.app import arrivals_progress, run_one
 
     resolved = pickle.loads(scenario)
     queue = _queue
     progress = None
     if report:
-        def progress(sim_s: float, horizon_s: float, dispatched: int) -> None:
+        def send(sim_s: float, horizon_s: float, dispatched: int) -> None:
             queue.put((index, sim_s, horizon_s, dispatched))
+        progress = arrivals_progress(send, resolved.scenario.duration_s)
     _in_task = True
     try:
-        return run_one(resolved, choice_index, replication, out, force, progress)
+        result = run_one(resolved, choice_index, replication, out, force, progress)
+        if report:
+            queue.put((index, None, None, None))  # finished: the bar fills, its clock stops
+        return result
     except _Terminated:
         os._exit(128 + signal.SIGTERM)
     finally:
@@ -179,7 +183,9 @@ def _run_task(scenario: bytes, index: int, choice_index: int, replication: int,
 def _relay(queue: Any, labels: list[tuple[str, int]],
            progress: Callable[[str, int], Progress | None] | None) -> None:
     """Pass the workers' progress messages to per-run callbacks (made by ``progress`` at a
-    run's first message) until ``None``."""
+    run's first message) until ``None``; a message without a time says the run finished."""
+    from sim.app import finish_progress
+
     callbacks: dict[int, Progress | None] = {}
     while True:
         message = queue.get()
@@ -189,5 +195,9 @@ def _relay(queue: Any, labels: list[tuple[str, int]],
         if index not in callbacks:
             callbacks[index] = progress(*labels[index]) if progress else None
         callback = callbacks[index]
-        if callback is not None:
+        if callback is None:
+            continue
+        if sim_s is None:
+            finish_progress(callback)
+        else:
             callback(sim_s, horizon_s, dispatched)

@@ -481,3 +481,39 @@ def test_comparison_table_fits_80_columns_and_wide_shows_every_column(tmp_path: 
         assert "…" not in text
         assert all(h in text for h in ("TTFT p50/p99 s", "preempt", "rejected", "imbal."))
     assert "--wide" not in shown(200, wide=False)
+
+
+# --- progress bars reach 100 % and stop their clocks (13.11) ----------------------------------
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_progress_bars_reach_100_percent_and_stop_their_clocks(tmp_path: Path,
+                                                               jobs: int) -> None:
+    """A long drain timeout no longer leaves bars at a fraction: each finished run's bar is
+    full and its elapsed time frozen."""
+    import io
+    import time
+
+    from rich.console import Console
+
+    from sim.console import progress_bars
+
+    raw = tiny(drain_timeout_s=600.0)
+    raw["router"]["strategies"] = [{"name": "round_robin"}, {"name": "jsq"}]
+    resolved = app.load(write_scenario(tmp_path, raw))
+    bars: list[Any] = []
+    with progress_bars(Console(file=io.StringIO(), width=120), enabled=True) as factory:
+        def collect(label: str, replication: int) -> Any:
+            bar = factory(label, replication)  # type: ignore[operator]
+            bars.append(bar)
+            return bar
+        app.run_all(resolved, tmp_path / "out", progress=collect, jobs=jobs)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+                len(bars) == 2 and all(b.bars.tasks[b.task].finished for b in bars)):
+            time.sleep(0.05)  # with workers, the last messages arrive through a queue
+        tasks = [b.bars.tasks[b.task] for b in bars]
+        assert len(tasks) == 2
+        assert all(t.completed == t.total == 1.0 and t.finished for t in tasks)
+        elapsed = [t.elapsed for t in tasks]
+        time.sleep(0.1)
+        assert [t.elapsed for t in tasks] == elapsed
