@@ -6,8 +6,9 @@ inside a function (a lazy import still couples the two at run time); imports und
 is an edge to the submodule ``sim.report.plots`` when it is one, else to the package.
 A *package* is ``sim.<name>`` (a subpackage, or a top-level module such as ``sim.runner``).
 
-An exception is allowed only through ``ALLOWED_CYCLES`` or ``ALLOWED_EDGES``, each with the
-reason; an entry that no longer matches anything fails too, so the lists only shrink.
+An exception is allowed only through ``ALLOWED_CYCLES``, ``ALLOWED_PACKAGE_CYCLES`` or
+``ALLOWED_EDGES``, each with the reason; an entry that no longer matches anything fails too,
+so the lists only shrink.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ ALLOWED_CYCLES: dict[frozenset[str], str] = {
         "app.run_pool lazily imports pool.run_in_pool and the pool's worker lazily imports "
         "app.run_one; both files are being reworked (sweeps), the fix is to move run_one "
         "below both (issue 14.1)"),
+}
+
+#: package cycles allowed for now, beyond those of ALLOWED_CYCLES (frozenset -> reason)
+ALLOWED_PACKAGE_CYCLES: dict[frozenset[str], str] = {
+    frozenset({"sim.cli", "sim.commands"}): (
+        "sim.commands.sweep lazily imports sim.cli._usable_cpus and _one_line (new, being "
+        "written); the fix is to move both into sim.commands.options beside non_empty_path "
+        "(issue 14.1)"),
 }
 
 #: (importer package, imported package) -> reason, for edges MAY_IMPORT/CLI_ONLY refuse
@@ -210,8 +219,15 @@ def test_no_package_cycles() -> None:
     """Between packages (``sim.model``, ``sim.metrics``, ...) too, beyond the allowed module
     cycles, which are between top-level modules."""
     allowed = {frozenset(package_of(m) for m in c) for c in ALLOWED_CYCLES}
+    allowed |= ALLOWED_PACKAGE_CYCLES.keys()
     cycles = [sorted(c) for c in strongly_connected(package_graph()) if c not in allowed]
     assert not cycles, f"package cycles: {cycles}"
+
+
+def test_allowed_package_cycles_are_still_cycles() -> None:
+    cycles = set(strongly_connected(package_graph()))
+    stale = [sorted(c) for c in ALLOWED_PACKAGE_CYCLES.keys() - cycles]
+    assert not stale, f"remove from ALLOWED_PACKAGE_CYCLES (no longer a cycle): {stale}"
 
 
 @pytest.mark.parametrize("package", sorted(MAY_IMPORT))
