@@ -23,6 +23,8 @@ from pydantic_core import PydanticUndefined
 import sim.policy
 from sim.model.batcher import batchers
 from sim.model.cost import cost_models
+from sim.policy.pickers import filters, pickers
+from sim.policy.scorers import scorers
 from sim.registry import Registry
 from sim.scenario import Scenario
 from sim.spec import ComponentSpec
@@ -44,7 +46,11 @@ REGISTRIES: list[tuple[str, str, Registry[Any]]] = [
     ("Sessions", "`workload.sessions`", sessions),
     ("Batchers", "`cluster.node_groups[i].batcher`", batchers),
     ("Cost models", "`cluster.node_groups[i].cost_model`", cost_models),
-    ("Strategies", "`router.strategies[i]`", sim.policy.strategies)]
+    ("Strategies", "`router.strategies[i]`", sim.policy.strategies),
+    ("Scorers of composed strategies", "`params.scorers[j]` of a `composed` strategy "
+     "(`{name, weight, params}`)", scorers),
+    ("Filters of composed strategies", "`params.filters[j]` of a `composed` strategy", filters),
+    ("Pickers of composed strategies", "`params.picker` of a `composed` strategy", pickers)]
 
 
 def type_name(tp: Any) -> str:
