@@ -8,16 +8,16 @@ not constants per run (``docs/fidelity.md`` §Calibration):
   (``gpu_time_scale`` in [0.8, 1.25]: kernel versions, clocks). These change the engine's
   dynamics, so each trial value is scored by replaying the training runs teacher-forced
   (``sim.fidelity.replay``); a bounded Nelder-Mead search minimises the squared log errors of
-  the runs' mean and p99 E2E, mean and p99 TTFT and mean ITL. Runs whose measured queue
-  grew or whose batch was full throughout (``measured_saturated``) are scored but not fitted:
-  their latencies measure the backlog, and with a capped client the cap, not the engine.
+  the runs' mean and p99 E2E, mean and p99 TTFT and mean ITL. Saturated runs count too (a
+  full batch is where the host time per sequence shows most); a client-capped one is replayed
+  closed loop (``sim.fidelity.replay.client_cap``), which keeps it well conditioned.
 * **API latency** (``api_latency_ms`` + ``api_latency_us_per_prompt_token`` x prompt +
   ``api_latency_us_per_active_request`` x requests in the node at arrival): time outside the
   engine core, which shifts what the client sees without changing the engine's timeline. For
   each trial of the engine terms it is solved exactly: non-negative least squares of the
   per-request TTFT residual (measured minus the engine's prediction) on those three features,
   over the training runs whose measured queue is stable (a saturated run's residual is
-  queueing, not API time), each run weighted equally.
+  mostly queueing, not API time), each run weighted equally.
 
 Runs are split by run, never by request: a run and any other run replaying the same requests
 (the same workload measured on two GPUs at once) fall on the same side.
@@ -133,7 +133,6 @@ def _loss(runs: Sequence[MeasuredRun], profile: str, base_overrides: Sequence[st
     API latency."""
     overrides = [*base_overrides, *(f"cost_model.params.{k}={v:.9g}" for k, v in values.items()),
                  *(f"cost_model.params.{k}=0" for k in API_LATENCY_KEYS)]
-    runs = [run for run in runs if not measured_saturated(run)]
     preds = [replay(run, profile, overrides) for run in runs]
     api = solve_api_latency(runs, preds)
     loss = 0.0

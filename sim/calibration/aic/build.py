@@ -49,8 +49,8 @@ CREATED = "2026-12-02"
 #: split and the held-out errors). They describe the engine and its host, not the model, so
 #: every derived profile starts from them; ``simlb calibrate`` refits them for one's own runs.
 ENGINE_HOST_DEFAULTS: dict[str, float] = {
-    "cpu_overhead_ms": 0.0, "cpu_per_seq_ms": 0.0138, "api_latency_ms": 9.6,
-    "api_latency_us_per_prompt_token": 7.1, "api_latency_us_per_active_request": 715.0}
+    "cpu_overhead_ms": 0.0, "cpu_per_seq_ms": 0.0103, "api_latency_ms": 9.42,
+    "api_latency_us_per_prompt_token": 7.0, "api_latency_us_per_active_request": 742.0}
 MIB, GIB = 1 << 20, 1 << 30
 ALIASES = {"h100": "h100_sxm", "h200": "h200_sxm", "a100": "a100_sxm"}
 SHORT = {v: k for k, v in ALIASES.items()}
