@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sim.model.adaptive_batcher  # registers the batcher
+import sim.model.adaptive_batcher  # registers the adaptive batcher
+import sim.model.batcher_v0  # registers the vllm_v0 batcher
 import sim.policy  # noqa: F401  (registers the built-in strategies)
 from sim.errors import ProfileError, ScenarioError
 from sim.model.batcher import batchers

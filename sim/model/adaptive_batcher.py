@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pydantic import Field, model_validator
 
 from sim.model.batcher import BatcherConfig, ContinuousBatcher, Plan, batchers
-from sim.model.batcher_v0 import V0Batcher  # noqa: F401  (registers the vllm_v0 batcher)
 from sim.model.kv_cache import KVCache
 from sim.model.requests import Outcome, RequestTable
 
