@@ -2,9 +2,11 @@
 
 A name is written once, in the ``register`` decorator on the class; registering it twice raises.
 Unknown names raise ``UnknownNameError`` suggesting the closest registered names. Third-party
-packages add entries through the entry-point group ``simlb.<kind>`` (for example
-``[project.entry-points."simlb.strategy"] mine = "mypkg.strategies"``); importing the module
-runs its decorators. Scenario files never name import paths.
+packages add entries through entry points, group ``simlb.<kind>`` by default (strategies:
+``simlb.strategies``, e.g. ``[project.entry-points."simlb.strategies"] mine =
+"mypkg.strategies:Mine"``). An entry point naming a module imports it, which runs its
+decorators; one naming a class registers it under the entry point's name unless it registered
+itself. Scenario files never name import paths.
 
 >>> things = Registry("thing")
 >>> @things.register("alpha")
@@ -33,8 +35,10 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Name -> class map for one kind of pluggable component."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, entry_point_groups: tuple[str, ...] | None = None) -> None:
         self.kind = kind
+        #: entry-point groups read (once, at the first lookup of a name not registered)
+        self.entry_point_groups = entry_point_groups or (f"simlb.{kind}",)
         self._entries: dict[str, T] = {}
         self._entry_points_loaded = False
 
@@ -68,6 +72,8 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._entries:
+            self._load_entry_points()
         return name in self._entries
 
     def _unknown_message(self, name: str) -> str:
@@ -80,5 +86,12 @@ class Registry(Generic[T]):
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
-        for ep in entry_points(group=f"simlb.{self.kind}"):
-            ep.load()
+        for group in self.entry_point_groups:
+            for ep in entry_points(group=group):
+                try:
+                    loaded = ep.load()
+                except Exception as exc:  # a broken plugin: say which one
+                    raise ImportError(f"entry point '{ep.name}' = '{ep.value}' of group "
+                                      f"'{group}' failed to load: {exc}") from exc
+                if isinstance(loaded, type) and loaded not in self._entries.values():
+                    self.register(ep.name)(loaded)  # type: ignore[arg-type]

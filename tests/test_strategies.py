@@ -9,22 +9,9 @@ from hypothesis import strategies as st
 
 import sim.policy  # noqa: F401
 from sim.errors import UnknownNameError
-from sim.outcome import COMPLETED, Outcome
-from sim.policy.base import ClusterView, NodeInfo, RequestInfo, Strategy, Telemetry, strategies
+from sim.policy.base import Strategy, strategies
 from sim.registry import Registry
-
-
-def make_view(inflight=(0, 0, 0), tokens=None, queued=None, running=None, kv=None,
-              accepting=None, now=10.0, taken=9.5) -> ClusterView:
-    n = len(inflight)
-    nodes = tuple(NodeInfo(i, "g", "p", 8, 64, 100, 16) for i in range(n))
-    telemetry = Telemetry(taken, tuple(queued or (0,) * n), tuple(running or (0,) * n),
-                          tuple(kv or (0,) * n))
-    return ClusterView(now, nodes, tuple(accepting or (True,) * n), tuple(inflight),
-                       tuple(tokens or (0,) * n), telemetry, lambda rid, bs, limit=None: [])
-
-
-REQUEST = RequestInfo(0, 10.0, 100, 50, -1, -1)
+from sim.testing import REQUEST, check_choice, make_view
 
 
 def build(name: str, seed: int = 0, **params) -> Strategy:
@@ -47,16 +34,8 @@ views = st.integers(1, 6).flatmap(lambda n: st.builds(
 @given(view=views, seed=st.integers(0, 2**32 - 1))
 def test_contract_every_strategy_returns_an_accepting_node_deterministically(name, view, seed):
     """Any registered strategy: default params build, it returns an accepting node id, and
-    the same seed and history give the same choices."""
-    a, b = build(name, seed), build(name, seed)
-    picks_a = [a.choose(REQUEST, view) for _ in range(5)]
-    picks_b = [b.choose(REQUEST, view) for _ in range(5)]
-    assert picks_a == picks_b
-    assert all(isinstance(p, int) and view.accepting[p] for p in picks_a)
-    a.on_dispatch(REQUEST, picks_a[0], view.now_s)
-    a.on_first_token(REQUEST.request_id, picks_a[0], view.now_s + 0.1)
-    a.on_finish(Outcome(REQUEST.request_id, picks_a[0], COMPLETED, view.now_s,
-                        view.now_s + 0.1, view.now_s + 1.0, 50, 0, 0, 0, 150))
+    the same seed and history give the same choices (``sim.testing.check_choice``)."""
+    check_choice(strategies.get(name), view, seed)
 
 
 @pytest.mark.parametrize("name", strategies.names())

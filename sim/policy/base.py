@@ -16,7 +16,9 @@ Randomness comes only from the injected ``numpy.random.Generator`` (``self.rng``
 once per decision, ``self.draws`` hands out its numbers a block at a time, since a numpy call
 per request costs more than the decision). Parameters are a pydantic model (``Params``)
 validated when the scenario loads. Register a strategy with
-``@strategies.register("name")``; the contract test in ``tests/`` then covers it.
+``@strategies.register("name")`` (or, from another package, the entry-point group
+``simlb.strategies``); the contract test in ``tests/`` then covers it, and
+``sim.testing.check_strategy`` runs the same contract on any class.
 """
 
 from __future__ import annotations
@@ -160,6 +162,11 @@ class Strategy(abc.ABC):
         """Called when a request leaves its node: completed, rejected or withdrawn
         (``outcome.status``), with its timings and the tokens it generated."""
 
+    def on_node_down(self, node_id: int) -> None:  # noqa: B027
+        """Called when a node leaves the routable set (the router noticed its failure, or it
+        was drained or scaled in): forget per-node cache state, as SGLang's router removes a
+        worker's tenant from its tree. The node may come back later, cold."""
+
     @classmethod  # noqa: B027  (an optional hook)
     def check_cluster(cls, params: StrategyParams, nodes: tuple[NodeInfo, ...]) -> None:
         """Check the parameters against the cluster when the scenario loads (e.g. one weight
@@ -222,7 +229,10 @@ def check_inner(spec: ComponentSpec | dict, path: str = "inner") -> ComponentSpe
     return spec
 
 
-strategies: Registry[type[Strategy]] = Registry("strategy")
+#: the strategy registry; packages outside simlb add strategies through the entry-point group
+#: ``simlb.strategies`` (``simlb.strategy``, the registry's kind, is read too)
+strategies: Registry[type[Strategy]] = Registry(
+    "strategy", entry_point_groups=("simlb.strategies", "simlb.strategy"))
 
 
 def argmin_random_tie(values: tuple[int, ...] | list[float], candidates: list[int],
