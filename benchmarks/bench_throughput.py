@@ -31,12 +31,14 @@ CASES = {"a": (8, 100_000), "b": (64, 1_000_000)}
 def run_case(case: str, strategy: str) -> None:
     nodes, n_requests = CASES[case]
     scale = nodes / 8
-    mean_rps = 76.0 * scale          # bursty.yaml's MMPP mean rate, per 8 nodes
-    duration = n_requests / mean_rps
+    mean_rps = 76.0 * scale          # the MMPP mean rate, per 8 nodes, of bursty.yaml until
+    duration = n_requests / mean_rps  # its retuning: these figures keep that workload
     overrides = [
         f"cluster.node_groups.0.count={nodes}",
         f"workload.arrivals.params.low_rps={50 * scale}",
         f"workload.arrivals.params.high_rps={180 * scale}",
+        "workload.prompt_tokens.params.max_tokens=6000",
+        "workload.prefixes.params={groups: 16, zipf_s: 1.0, prefix_tokens: 512, fraction: 0.6}",
         f"duration_s={duration}", f"warmup_s={duration / 10}",
     ]
     t0 = time.perf_counter()
