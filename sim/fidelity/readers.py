@@ -313,7 +313,7 @@ def read_llmservingsim(path: Path) -> MeasuredRun:
     engine_send = a + offset  # the send, on the engine's clock
     ttft = np.array(first) - engine_send
     e2e = np.array(last) - engine_send
-    arrays = _columns(send, prompt, output, list(ttft), list(e2e), ok, scale=1.0)
+    arrays: dict[str, Any] = _columns(send, prompt, output, list(ttft), list(e2e), ok, scale=1.0)
     notes = [f"clocks aligned by min(queued_ts - arrival_time); the hand-off to the engine "
              f"then adds {np.median(q - engine_send) * 1e3:.1f} ms median "
              f"(max {np.max(q - engine_send) * 1e3:.0f} ms) to TTFT",

@@ -24,7 +24,7 @@ validated when the scenario loads. Register a strategy with
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -235,7 +235,7 @@ strategies: Registry[type[Strategy]] = Registry(
     "strategy", entry_point_groups=("simlb.strategies", "simlb.strategy"))
 
 
-def argmin_random_tie(values: tuple[int, ...] | list[float], candidates: list[int],
+def argmin_random_tie(values: Sequence[float], candidates: list[int],
                       draws: UniformDraws) -> int:
     """The candidate with the smallest value; ties broken uniformly with ``draws``."""
     best = min(values[i] for i in candidates)

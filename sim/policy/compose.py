@@ -139,7 +139,8 @@ class Composed(Strategy):
     def signals(self) -> frozenset[str]:
         """Every signal the filters and scorers read (see ``sim.policy.scorers.SIGNALS``)."""
         found: set[str] = set()
-        for part in [*self.filters, *(s for s, _ in self.scorers)]:
+        parts: list[Filter | Scorer] = [*self.filters, *(s for s, _ in self.scorers)]
+        for part in parts:
             found |= part.signals
         return frozenset(found)
 
@@ -164,6 +165,11 @@ class Composed(Strategy):
     def on_finish(self, outcome: Outcome) -> None:
         for scorer, _ in self.scorers:
             scorer.on_finish(outcome)
+
+    def on_node_down(self, node_id: int) -> None:
+        """A node failed or left: stateful scorers forget it (as ``llm_d`` does)."""
+        for scorer, _ in self.scorers:
+            scorer.on_node_down(node_id)
 
 
 def _build(registry: Registry[Any], spec: ComponentSpec, path: str) -> Any:

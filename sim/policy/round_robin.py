@@ -20,12 +20,13 @@ class RoundRobin(Strategy):
 
     def __init__(self, params: StrategyParams, rng: np.random.Generator) -> None:
         super().__init__(params, rng)
-        self._cycles: dict[tuple[bool, ...], list[int]] = {}   # accepting set -> [ids, next]
+        self._cycles: dict[tuple[bool, ...], list] = {}   # accepting set -> [ids, next]
         self._last: tuple[tuple[bool, ...], list] | None = None
 
     def choose(self, request: RequestInfo, view: ClusterView) -> int:
         accepting = view.accepting
         last = self._last
+        state: list | None
         if last is not None and last[0] is accepting:  # the router reuses its tuples
             state = last[1]
         else:

@@ -66,6 +66,9 @@ class Scorer(abc.ABC):
     def on_finish(self, outcome: Outcome) -> None:  # noqa: B027
         """Called when a request this strategy routed leaves its node."""
 
+    def on_node_down(self, node_id: int) -> None:  # noqa: B027
+        """Called when a node fails or leaves (stateful scorers forget what it held)."""
+
 
 scorers: Registry[type[Scorer]] = Registry("scorer")
 
@@ -141,6 +144,11 @@ class PrefixCacheScorer(Scorer):
     def on_pick(self, request: RequestInfo, view: ClusterView, node: int) -> None:
         if self.params.cache_knowledge == "approximate":
             self._index(view).insert(node, self._ids(request, view), view.now_s)
+
+    def on_node_down(self, node_id: int) -> None:
+        """Forget the node's entries in the prefix index, as ``llm_d`` does."""
+        if self.index is not None:
+            self.index.drop_tenant(node_id)
 
     def _ids(self, request: RequestInfo, view: ClusterView) -> list[int]:
         if self._ids_of[0] == request.request_id:

@@ -112,7 +112,7 @@ def _hardware(info: dict[str, Any], ceil: dict[str, float]) -> dict[str, Any]:
             "hbm_bandwidth_bytes_per_s": float(f"{bw:.4g}"),
             "effective_bandwidth_bytes_per_s": float(f"{ceil['copy_bytes_per_s']:.4g}"),
             "effective_gemm_flops_per_gpu": float(f"{ceil['gemm_flops_per_s']:.4g}"),
-            "notes": f"{where}; effective bandwidth: measured {ceil['copy_bytes'] >> 20} MiB "
+            "notes": f"{where}; effective bandwidth: measured {int(ceil['copy_bytes']) >> 20} MiB "
                      f"copy (read + write bytes / s); effective GEMM: measured "
                      f"{ceil['gemm_n']}^3 GEMM; effective attention: 4 L H_q D / the fitted "
                      f"prefill pair coefficient"}

@@ -44,13 +44,14 @@ def take_requests(seg_ptr: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, n
 
 
 def prefix_segments(group: np.ndarray, own_tokens: np.ndarray,
-                    prefix_tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    prefix_tokens: int | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lay out single-turn prompts: ``[group prefix (key g)] + own content (key -1)``.
 
     Args:
         group: int64 group of each request, ``-1`` for none; group ``g`` uses key ``g``.
         own_tokens: int64 sampled length of each request's own content, >= 1.
-        prefix_tokens: length of every group prefix.
+        prefix_tokens: length of every group prefix (one number, or one per request with a
+            group).
 
     Returns:
         ``(seg_ptr, seg_key, seg_len)`` as described in ``sim.workload.base``.

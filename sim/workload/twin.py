@@ -232,7 +232,7 @@ def _expected_hits(carriers: float, probs: np.ndarray, nodes: int) -> tuple[floa
     return shared, random
 
 
-@prefixes.register("grouped_prefix")
+@prefixes.register("grouped_prefix")  # type: ignore[arg-type]  # duck-types SharedPrefix
 class GroupedPrefix:
     """``shared_prefix`` with a prefix length of its own for every group.
 
@@ -371,7 +371,8 @@ class EmpiricalByPrompt(LengthDistribution):
         draws = rng.random(bins.shape[0])
         for i, table in enumerate(self._tables):
             pick = bins == i
-            out[pick] = table._values[np.searchsorted(table._cdf, draws[pick], side="right")]
+            at = np.searchsorted(table._cdf, draws[pick], side="right")  # type: ignore[call-overload,index]
+            out[pick] = table._values[at]
         return out
 
     def mean(self) -> float:
