@@ -330,22 +330,22 @@ def test_workers_die_with_their_parent(tmp_path: Path, sig: str) -> None:
 
 def test_report_replaces_only_a_folder_it_wrote(tmp_path: Path) -> None:
     """A folder holding an index.html but no marker is refused and left intact; a report
-    folder simlb wrote carries the marker and may be replaced."""
-    from sim.report.html import MARKER, check_out_dir
+    folder simlb wrote carries the marker and is replaced by the next report."""
+    from sim.report.html import MARKER, _write_atomically, check_out_dir
 
-    app.run_all(app.load(write_scenario(tmp_path, tiny())), tmp_path / "res")
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text("my home page", encoding="utf-8")
     (site / "thesis.tex").write_text("years of work", encoding="utf-8")
-    expect_error(invoke("report", tmp_path / "res", "--out", site), str(site),
+    expect_error(invoke("report", tmp_path, "--out", site), str(site),
                  "is not a simlb report")
     assert sorted(p.name for p in site.iterdir()) == ["index.html", "thesis.tex"]
     out = tmp_path / "report"
-    result = invoke("report", tmp_path / "res", "--out", out)
-    assert result.exit_code == 0, result.output
-    assert (out / MARKER).is_file() and (out / "index.html").is_file()
-    check_out_dir(out)  # a report simlb wrote may be replaced
+    _write_atomically(out, {"index.html": "first", "figures/a.png": b"png"})
+    assert (out / MARKER).is_file()
+    _write_atomically(out, {"index.html": "second"})  # a report simlb wrote is replaced
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "index.html"]
+    assert (out / "index.html").read_text(encoding="utf-8") == "second"
     (tmp_path / "empty").mkdir()
     check_out_dir(tmp_path / "empty")
     (tmp_path / "file").write_text("x", encoding="utf-8")

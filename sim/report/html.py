@@ -336,12 +336,13 @@ def check_out_dir(out: Path) -> None:
 
 
 def _write_atomically(out: Path, files: dict[str, bytes | str]) -> None:
-    """Write ``files`` (relative path -> content) as the folder ``out``, replacing an old
-    report there; refuse to replace a folder that is not a report."""
+    """Write ``files`` (relative path -> content) and the ``MARKER`` as the folder ``out``,
+    replacing an old report there; refuse to replace a folder that is not a report."""
     check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    files = {MARKER: MARKER_TEXT, **files}
     try:
         for rel, content in files.items():
             path = tmp / rel
@@ -394,7 +395,6 @@ def build_report(result_dirs: Sequence[str | Path], out_dir: str | Path | None =
                "sources": [str(p) for p in result_dirs], "n_runs": len(runs)}
     env = _templates()
     files: dict[str, bytes | str] = {
-        MARKER: MARKER_TEXT,
         "index.html": env.get_template("report.html.j2").render(context),
         "summary.md": env.get_template("summary.md.j2").render(context),
         "runs.csv": runs.summaries.to_csv(index=False)}
