@@ -4,7 +4,7 @@
 see ``shared/calibration/SOURCES.md``) and holds the fitting helpers; ``sim.calibration.derive``
 turns them into ``profiles/<gpu>/<model>.json``::
 
-    python -m sim.calibration.derive --calibration ../shared/calibration --out profiles/
+    python -m sim.calibration.derive --calibration CALIBRATION --out profiles/
 
 The CSVs themselves never enter the repository; only fitted figures do, with their source named
 in each profile. This package needs pandas and scipy; the simulator never imports it.

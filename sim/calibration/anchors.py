@@ -1,9 +1,10 @@
 """Published and analytic reference figures a cost profile is checked against.
 
-From ``anchors/profiling.md`` (§3.2 analytic KV capacities, §4.2 roofline step times, §4.3
-published measurements: Vidur's per-op kernel times summed, gpt-fast, Splitwise-sim), keyed by
-profile name ``<gpu>/<model>[-tp<N>]``. Used by ``sim.calibration.derive`` (the shipped,
-derived profiles) and ``simlb profile check`` (any profile). Standard library only, so the
+From the profiling design study (analytic KV capacities by vLLM's rule, bf16 roofline
+step times, published measurements: Vidur's per-op kernel times summed, gpt-fast,
+Splitwise-sim), keyed by profile name ``<gpu>/<model>[-tp<N>]``. Used by
+``sim.calibration.derive`` (the shipped, derived profiles) and ``simlb profile check`` (any
+profile). Standard library only, so the
 profiler can use it on a GPU machine without pydantic.
 """
 

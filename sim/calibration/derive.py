@@ -1,6 +1,7 @@
 """Derive the shipped profiles from Vidur's published measurements.
 
-Run ``python -m sim.calibration.derive --calibration ../shared/calibration --out profiles/``.
+Run ``python -m sim.calibration.derive --calibration CALIBRATION --out profiles/``, where
+``CALIBRATION`` holds microsoft/vidur's published profiling data (``data/profiling/``).
 The output is deterministic: the same inputs give byte-identical files (``source.created`` is
 the date of the method, not of the run). The method, per part of the step model:
 

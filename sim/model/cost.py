@@ -2,7 +2,7 @@
 
 Two registered models share one interface (``CostModel``):
 
-* ``profile``: the step model of a calibrated profile (``anchors/profiling.md`` §4, §5.9)::
+* ``profile``: the step model of a calibrated profile (``docs/profiling.md``)::
 
       T = lin(N) + comm(N) + head(S)
           + [p0*n_chunks + p1*prefill_tokens + p2*prefill_pairs]   (if any prefill chunk)

@@ -1,11 +1,11 @@
 """What a router learns of the nodes' prefix caches from their KV events, after a delay.
 
 Engines such as vLLM can publish KV-cache events (blocks stored, blocks removed); NVIDIA
-Dynamo's and llm-d's precise prefix-aware routers subscribe to them (``anchors/routing.md``
-§2, §3.4). Each node appends ``(time, segment key, cached blocks)`` whenever the cached prefix of
-a key grows or shrinks; the router's mirror applies the events ``delay_s`` after they happened
-and answers prefix-hit questions from that view, which is exact when the delay is 0 and stale
-otherwise.
+Dynamo's and llm-d's precise prefix-aware routers subscribe to them (ai-dynamo/dynamo
+``lib/kv-router``; llm-d ``precise-prefix-cache-scorer``). Each node appends ``(time, segment
+key, cached blocks)`` whenever the cached prefix of a key grows or shrinks; the router's mirror
+applies the events ``delay_s`` after they happened and answers prefix-hit questions from that
+view, which is exact when the delay is 0 and stale otherwise.
 """
 
 from __future__ import annotations

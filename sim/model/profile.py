@@ -1,7 +1,7 @@
 """Read, validate and write cost profiles (``simlb.profile/v1`` JSON files).
 
 A profile describes one (GPU, model, tensor-parallel degree) setup: the hardware, the model
-shape, the KV-cache memory terms and the per-step cost model of ``anchors/profiling.md`` §4-§5.
+shape, the KV-cache memory terms and the per-step cost model (``docs/profile-format.md``).
 This module needs only the standard library, so the GPU profiler that writes these files runs
 where pydantic and SimPy are absent. Full field reference: ``docs/profile-format.md``.
 

@@ -13,8 +13,7 @@ class SaturationShedding(Admission):
     """Drop sheddable requests with a probability that climbs steeply with pool saturation.
 
     llm-d flow control (``llm-d/llm-d-inference-scheduler @ 520af478``: the
-    ``utilization-detector`` and the ``probabilistic-admitter``; ``anchors/routing.md`` §3.5,
-    §8.6)::
+    ``utilization-detector`` and the ``probabilistic-admitter``)::
 
         score_i = max(queued_i / queue_threshold, kv_usage_i / kv_threshold)   # 5, 0.8
         score_i = 1                       if the telemetry is older than staleness_threshold_s

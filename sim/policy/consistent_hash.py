@@ -34,8 +34,8 @@ def mix64(x: int) -> int:
 class ConsistentHash(Strategy):
     """Hash the request's prefix (or session) onto a ring of virtual nodes, bounded by load.
 
-    SMG ``prefix_hash`` (``sgl-model-gateway/src/policies/prefix_hash.rs`` @ 065f331f;
-    ``anchors/routing.md`` §1.4, §8.7), consistent hashing with bounded loads (Mirrokni,
+    SMG ``prefix_hash`` (``sgl-model-gateway/src/policies/prefix_hash.rs`` @ 065f331f),
+    consistent hashing with bounded loads (Mirrokni,
     Thorup & Zadimoghaddam 2018; KubeAI's CHWBL):
 
     * key: the chained id of the request's ``prefix_blocks``-th prompt block (SMG hashes the

@@ -10,7 +10,7 @@ class LeastKv(Strategy):
     """Send to the node reporting the smallest fraction of its KV blocks in use.
 
     AIBrix ``least-kv-cache`` / ``least-gpu-cache`` (``pkg/plugins/gateway/algorithms/
-    least_kv_cache.go``; ``anchors/routing.md`` §4.1, §7 "Least KV-cache usage"). The signal is
+    least_kv_cache.go``). The signal is
     node telemetry (``kv_used_blocks / kv_total_blocks``), so it is ``telemetry_age_s`` old:
     between two refreshes every request sees the same "emptiest" node, the herding that
     Mitzenmacher (2000) describes (§6.5; ``scenarios/stale_telemetry.yaml`` shows it). KV usage

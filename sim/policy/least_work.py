@@ -23,8 +23,7 @@ UNKNOWN_REQUEST_TOKENS = 1024
 class LeastWork(Strategy):
     """Send to the node whose queued work drains first, penalising nearly full KV caches.
 
-    SMG ``least_load`` (``smg-project/smg: model_gateway/src/policies/least_load.rs``;
-    ``anchors/routing.md`` §1.4, §8.1)::
+    SMG ``least_load`` (``smg-project/smg: model_gateway/src/policies/least_load.rs``)::
 
         score_i = (queued_tokens_i + dispatched_since_poll_i) / throughput_i
                   + kv_barrier_s * k_i / (1 - k_i),        k_i = min(KV usage, 0.999)

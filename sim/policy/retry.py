@@ -6,7 +6,7 @@ request again to another node, at most ``max_retries`` times. The new attempt st
 scratch, so retrying a request that is merely long throws its progress away; ``signal: ttft``
 retries only requests still waiting for their first token (stuck in a straggler's queue or
 prefill), which cost little to withdraw but are not rescued from slow decoding. Production
-routers retry on timeouts and errors but none hedges (``anchors/routing.md`` §6.6).
+routers retry on timeouts and errors but none hedges.
 """
 
 from __future__ import annotations

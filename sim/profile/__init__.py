@@ -1,4 +1,4 @@
-"""The GPU profiler of simlb: measure a cost profile on this machine (``anchors/profiling.md``).
+"""The GPU profiler of simlb: measure a cost profile on this machine (``docs/profiling.md``).
 
 Modules: ``shapes`` (model shapes), ``model`` (functional Llama, step inputs, float64 gate),
 ``grid`` (the measurement grid), ``bench`` (timers, device facts), ``kv`` (vLLM's KV sizing),

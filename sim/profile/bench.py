@@ -1,4 +1,4 @@
-"""Timing of shapes, device facts and ceilings (``anchors/profiling.md`` §5.3, §8).
+"""Timing of shapes, device facts and ceilings (``docs/profiling.md``).
 
 GPU (``CudaTimer``): warm up 3 times on a side stream, capture one CUDA graph, then replay it
 between two CUDA events; before each replay zero a 256 MiB buffer outside the events to evict

@@ -9,8 +9,9 @@ Three comparisons, each skipped with a message when its data are missing:
    as ``num_layers * (9 layer ops) + emb`` at every measured N (``sim.calibration.vidur``).
    Vidur times kernels only (PyTorch profiler, fp16); a measured profile includes the small
    gaps between kernels of a CUDA-graph replay, so a few percent above is expected.
-3. **Reference figures** of ``anchors/profiling.md`` §3.2, §4.2 and §4.3 for the same GPU and
-   model (``ANCHORS``).
+3. **Reference figures** for the same GPU and model (``ANCHORS``, from
+   ``sim.calibration.anchors``: analytic KV capacities, roofline step times, published
+   measurements).
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def write_json_atomic(data: dict[str, Any], path: Path) -> None:
 
 
 def run_profile(opts: RunOptions, echo: Callable[[str], None]) -> dict[str, Any]:
-    """Measure, fit and write a profile (``anchors/profiling.md`` §5); returns its dict.
+    """Measure, fit and write a profile (``docs/profiling.md``); returns its dict.
 
     Raises:
         InputError: bad options (unknown model, no CUDA, unwritable output, failed gate).

@@ -1,4 +1,4 @@
-"""Fit the step model from raw samples and assemble the profile (``anchors/profiling.md`` §5.6).
+"""Fit the step model from raw samples and assemble the profile (``docs/profiling.md``).
 
 * ``lin(N)`` and ``head(S)``: the per-shape statistic (median on a GPU, min on the CPU), made
   non-decreasing with ``scipy.optimize.isotonic_regression``, interpolated linearly, with a

@@ -1,4 +1,4 @@
-"""The measurement grid of ``simlb profile`` (``anchors/profiling.md`` §5.2).
+"""The measurement grid of ``simlb profile`` (``docs/profiling.md``).
 
 A step shape is ``(P, K, B, C)``: one prefill chunk of ``P`` tokens after ``K`` cached tokens
 (``P = 0``: none) and ``B`` decoding sequences of ``C`` cached tokens each. Sets:

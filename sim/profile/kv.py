@@ -1,4 +1,4 @@
-"""KV-cache capacity by vLLM's rule (``anchors/profiling.md`` §3, §5.5).
+"""KV-cache capacity by vLLM's rule (``vllm/v1/worker/gpu_worker.py::determine_available_memory``).
 
 vLLM (``Worker.determine_num_available_blocks``; v1 ``determine_available_memory``)::
 

@@ -1,6 +1,6 @@
 """A functional Llama with random weights, its step inputs, and the float64 correctness gate.
 
-Layout (``anchors/profiling.md`` §5.1): embedding; per layer RMSNorm, fused QKV GEMM (+ bias
+Layout (as Hugging Face ``LlamaForCausalLM``): embedding; per layer RMSNorm, fused QKV GEMM (+ bias
 for Qwen2), RoPE (rotate-half, as Hugging Face Llama), attention, O GEMM, RMSNorm, fused
 gate-up GEMM, SiLU x up, down GEMM, residual adds; final RMSNorm, LM head, fp32 logits and
 argmax (greedy sampling, as vLLM's sampler upcasts logits to fp32). Weights are drawn

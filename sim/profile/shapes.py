@@ -1,6 +1,6 @@
 """Model shapes the profiler builds: built-in presets and Hugging Face-style ``config.json``.
 
-Only the shape matters for timing (weights are random, ``anchors/profiling.md`` §5.1), so a
+Only the shape matters for timing (weights are random), so a
 shape is the handful of numbers of a Llama-style decoder. The presets' numbers are those of the
 models' published Hugging Face ``config.json`` files; their parameter counts reproduce the
 published ones (8.03B, 6.74B, 7.25B, 7.62B; profiling.md §3.2).

@@ -20,7 +20,7 @@ DENSE = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3For
 MOE = ("MixtralForCausalLM", "Qwen3MoeForCausalLM")
 SUPPORTED = DENSE + MOE
 
-#: Configs not in aiconfigurator-core's model_configs nor in ../shared: the published Hugging
+#: Configs not in aiconfigurator-core's model_configs nor in $SIMLB_SHARED: the published Hugging
 #: Face config.json values (meta-llama/Llama-2-70b-hf), the fields this derivation reads.
 BUILTIN: dict[str, dict[str, Any]] = {
     "meta-llama/Llama-2-70b-hf": {

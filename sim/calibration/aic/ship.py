@@ -51,7 +51,7 @@ TARGETS: tuple[Target, ...] = (
       for m, n in (("Qwen/Qwen3-14B", "qwen3-14b"),
                    ("meta-llama/Meta-Llama-3.1-8B", "llama-3.1-8b"))),
     Target("meta-llama/Meta-Llama-3.1-70B", "llama-3.1-70b", "h200_sxm", 4),
-    # the GPU of the measured vLLM 0.19 runs in ../shared (a check on another GPU and engine)
+    # the GPU of the measured vLLM 0.19 runs (LLMServingSim's; a check on another GPU and engine)
     Target("meta-llama/Meta-Llama-3.1-8B", "llama-3.1-8b", "rtx_pro_6000_server", 1),
     Target("Qwen/Qwen3-32B", "qwen3-32b", "rtx_pro_6000_server", 2),
 )
