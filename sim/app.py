@@ -52,12 +52,16 @@ def load(path: Path, overrides: Sequence[str] = (), *, seed: int | None = None,
 
 
 def run_all(resolved: ResolvedScenario, out: Path, *, force: bool = False,
-            progress: ProgressFactory | None = None, jobs: int = 1) -> list[RunResult]:
+            progress: ProgressFactory | None = None, jobs: int = 1,
+            keep_records: bool = True) -> list[RunResult]:
     """Run every chosen strategy on every replication and write the result directories.
 
     Existing directories are refused before anything runs unless ``force``; each directory
     appears atomically when its run has finished. ``jobs`` > 1 runs that many simulations at
     once in worker processes (``sim.pool``); the results are the same, in the same order.
+    Without ``keep_records`` the results hold only their summaries (the per-request, node and
+    timeline columns are in the result directories), so memory does not grow with the
+    number of runs.
     """
     sc = resolved.scenario
     reps = range(sc.replications)
@@ -68,7 +72,7 @@ def run_all(resolved: ResolvedScenario, out: Path, *, force: bool = False,
         from sim.pool import run_in_pool
 
         tasks = [(k, i) for k in reps for i in range(len(resolved.strategies))]
-        return run_in_pool(resolved, tasks, out, force, progress, jobs)
+        return run_in_pool(resolved, tasks, out, force, progress, jobs, keep_records)
     results = []
     for k in reps:
         workload = replication_workload(resolved, k)
@@ -78,8 +82,13 @@ def run_all(resolved: ResolvedScenario, out: Path, *, force: bool = False,
                               arrivals_progress(cb, sc.duration_s))
             _write(resolved, result, out, force)
             finish_progress(cb)
-            results.append(result)
+            results.append(result if keep_records else summary_only(result))
     return results
+
+
+def summary_only(result: RunResult) -> RunResult:
+    """``result`` without its per-request, node and timeline columns."""
+    return dataclasses.replace(result, requests={}, node_states={}, timeline={})
 
 
 def arrivals_progress(progress: Progress | None, duration_s: float) -> Progress | None:
@@ -126,14 +135,15 @@ def served_nothing(results: Sequence[RunResult]) -> str | None:
 
 
 def run_one(resolved: ResolvedScenario, choice_index: int, replication: int, out: Path,
-            force: bool, progress: Progress | None = None) -> RunResult:
+            force: bool, progress: Progress | None = None,
+            keep_records: bool = True) -> RunResult:
     """Generate one replication's workload, simulate one strategy on it and write the result
     directory (what a worker process of ``run_all`` does)."""
     workload = replication_workload(resolved, replication)
     choice = resolved.strategies[choice_index]
     result = simulate(resolved, choice, replication, workload, progress)
     _write(resolved, result, out, force)
-    return result
+    return result if keep_records else summary_only(result)
 
 
 def check_workload(resolved: ResolvedScenario) -> None:

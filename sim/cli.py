@@ -161,7 +161,7 @@ def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
     console = Console(stderr=True)
     with progress_bars(console, enabled=not quiet and not as_json) as factory:
         results = app.run_all(resolved, out, force=force, progress=factory,  # type: ignore[arg-type]
-                              jobs=jobs or _usable_cpus())
+                              jobs=jobs or _usable_cpus(), keep_records=False)
     report_path = None
     if with_report:
         from sim.report import build_report

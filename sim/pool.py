@@ -8,7 +8,8 @@ worker task), simulates, writes the result directory atomically and sends the ru
 back. Progress updates travel through a queue to the parent's progress bars.
 
 Memory: up to ``jobs`` simulations are in memory at once, each as large as a single run
-(``docs/performance.md``), plus the results the parent collects.
+(``docs/performance.md``), plus the results the parent collects (summaries only, from
+``simlb run``).
 
 Workers die with the parent. Each holds the read end of a pipe whose only write end is the
 parent's, and a watchdog thread waits on it: when the parent ends in any way (SIGKILL
@@ -42,7 +43,7 @@ _queue: Any = None
 
 def run_in_pool(resolved: ResolvedScenario, tasks: list[tuple[int, int]], out: Path,
                 force: bool, progress: Callable[[str, int], Progress | None] | None,
-                jobs: int) -> list[RunResult]:
+                jobs: int, keep_records: bool = True) -> list[RunResult]:
     """Run ``(replication, strategy index)`` tasks on ``jobs`` worker processes; return
     their results in task order. The first failure cancels the runs not yet started and is
     raised here (the directories of runs that finished stay, each complete)."""
@@ -65,7 +66,8 @@ def run_in_pool(resolved: ResolvedScenario, tasks: list[tuple[int, int]], out: P
     previous = _unwind_on_sigterm()
     try:
         futures: list[Future[RunResult]] = [
-            pool.submit(_run_task, scenario, index, i, k, out, force, progress is not None)
+            pool.submit(_run_task, scenario, index, i, k, out, force, progress is not None,
+                        keep_records)
             for index, (k, i) in enumerate(tasks)]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f.exception() for f in futures if f in done and f.exception() is not None]
@@ -157,7 +159,7 @@ def _on_terminate(signum: int, frame: object) -> None:
 
 
 def _run_task(scenario: bytes, index: int, choice_index: int, replication: int,
-              out: Path, force: bool, report: bool) -> RunResult:
+              out: Path, force: bool, report: bool, keep_records: bool) -> RunResult:
     global _in_task
     from sim.app import arrivals_progress, run_one
 
@@ -170,7 +172,8 @@ def _run_task(scenario: bytes, index: int, choice_index: int, replication: int,
         progress = arrivals_progress(send, resolved.scenario.duration_s)
     _in_task = True
     try:
-        result = run_one(resolved, choice_index, replication, out, force, progress)
+        result = run_one(resolved, choice_index, replication, out, force, progress,
+                         keep_records)
         if report:
             queue.put((index, None, None, None))  # finished: the bar fills, its clock stops
         return result

@@ -517,3 +517,16 @@ def test_progress_bars_reach_100_percent_and_stop_their_clocks(tmp_path: Path,
         elapsed = [t.elapsed for t in tasks]
         time.sleep(0.1)
         assert [t.elapsed for t in tasks] == elapsed
+
+
+def test_simlb_run_keeps_only_summaries_in_memory(tmp_path: Path) -> None:
+    """``keep_records=False`` (what simlb run uses) returns summaries only, in and out of
+    worker processes, so the parent's memory does not grow with every run's columns."""
+    raw = tiny()
+    raw["router"]["strategies"] = [{"name": "round_robin"}, {"name": "jsq"}]
+    resolved = app.load(write_scenario(tmp_path, raw))
+    full = app.run_all(resolved, tmp_path / "a")
+    for jobs in (1, 2):
+        slim = app.run_all(resolved, tmp_path / f"b{jobs}", jobs=jobs, keep_records=False)
+        assert [r.summary for r in slim] == [r.summary for r in full]
+        assert all(r.requests == {} and r.timeline == {} and r.node_states == {} for r in slim)
