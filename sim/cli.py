@@ -22,7 +22,7 @@ from sim.errors import InputError, SimulationError
 _MAX_LINE = 1000
 
 
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
     """``message`` on one printable line: line breaks joined, control and undecodable
     characters (a binary file's bytes) shown as ``?``, cut to ``_MAX_LINE`` characters."""
     text = " ".join(message.splitlines())
@@ -30,9 +30,12 @@ def _one_line(message: str) -> str:
     return text if len(text) <= _MAX_LINE else text[:_MAX_LINE - 3] + "..."
 
 
+_one_line = one_line  # the older private name, used by command modules
+
+
 def _fail(message: str, code: int) -> NoReturn:
     """Print ``message`` as one line on stderr and exit with ``code``."""
-    click.echo(_one_line(message), err=True)
+    click.echo(one_line(message), err=True)
     sys.exit(code)
 
 
@@ -69,7 +72,7 @@ def _usage_line(exc: click.UsageError) -> click.ClickException:
     if isinstance(exc, click.exceptions.NoArgsIsHelpError):
         return exc  # not an error: the help text is what the user asked for
     where = exc.ctx.command_path if exc.ctx else "simlb"
-    return _UsageLine(f"{where}: {_one_line(exc.format_message())} (see '{where} --help')")
+    return _UsageLine(f"{where}: {one_line(exc.format_message())} (see '{where} --help')")
 
 
 class _Group(click.Group):
@@ -200,7 +203,7 @@ def validate(files: tuple[Path, ...], no_limits: bool) -> None:
             resolved = app.load(path, limits=not no_limits)
             app.check_workload(resolved)
         except InputError as exc:
-            click.echo(_one_line(f"simlb: error: {exc}"), err=True)
+            click.echo(one_line(f"simlb: error: {exc}"), err=True)
             failed += 1
             continue
         sc = resolved.scenario

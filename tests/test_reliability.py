@@ -530,3 +530,11 @@ def test_simlb_run_keeps_only_summaries_in_memory(tmp_path: Path) -> None:
         slim = app.run_all(resolved, tmp_path / f"b{jobs}", jobs=jobs, keep_records=False)
         assert [r.summary for r in slim] == [r.summary for r in full]
         assert all(r.requests == {} and r.timeline == {} and r.node_states == {} for r in slim)
+
+
+def test_trace_command_errors_are_printable(tmp_path: Path) -> None:
+    """A binary file given to simlb trace stats: one printable line, no raw bytes."""
+    path = tmp_path / "binary.csv"
+    path.write_bytes(bytes(range(256)) * 4)
+    line = expect_error(invoke("trace", "stats", path, "--format", "azure"), "binary.csv")
+    assert line.isprintable()

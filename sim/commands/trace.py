@@ -54,7 +54,9 @@ def _exit_on_input_error(func: Callable[..., Any]) -> Callable[..., Any]:
             with _warnings_to_stderr():
                 return func(*args, **kwargs)
         except InputError as exc:
-            click.echo(f"simlb: error: {exc}", err=True)
+            from sim.cli import one_line
+
+            click.echo(one_line(f"simlb: error: {exc}"), err=True)
             sys.exit(2)
     return wrapper
 
