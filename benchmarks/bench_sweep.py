@@ -6,12 +6,16 @@ The grid is 10 x 10 values of the smoke scenario's two MMPP rates (``low_rps`` x
 ``high_rps``), shortened to ``duration_s=20``, one replication, every strategy of the
 scenario (3): 100 points, 300 simulations. Each measurement starts from an empty output
 folder (nothing cached) and includes validating and resolving every point, starting the
-workers and writing the table (not the report). Prints figures; asserts nothing about time.
+workers and writing the table (not the report). ``parent CPU s`` is this process's CPU time
+(planning, collecting, caching: with --jobs 1 it includes the simulations), ``sim CPU s``
+the CPU time the simulations themselves took, summed over workers: on a machine shared with
+other work, wall time alone misleads. Prints figures; asserts nothing about time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -32,14 +36,16 @@ def spec(n: int) -> SweepSpec:
                      ("duration_s=20", "warmup_s=2"), replications=1)
 
 
-def measure(s: SweepSpec, executor: str, jobs: int) -> tuple[float, int]:
-    """(wall seconds, simulations) of one uncached sweep."""
+def measure(s: SweepSpec, executor: str, jobs: int) -> tuple[float, float, float, int]:
+    """(wall seconds, parent CPU seconds, workers' CPU seconds in simulations, simulations)
+    of one uncached sweep."""
     with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
+        cpu, started = time.process_time(), time.perf_counter()
         result = run_sweep(s, Path(tmp), executor=executor, jobs=jobs)
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        tasks = sum(json.loads(p.read_text())["cpu_s"] for p in Path(tmp).glob("cache/*.json"))
     assert not result.failures and result.cached == 0
-    return wall, result.simulated
+    return wall, cpu, tasks, result.simulated
 
 
 def main() -> None:
@@ -58,11 +64,14 @@ def main() -> None:
     runs = [("local", int(j)) for j in args.jobs.split(",")]
     runs += [("ray", int(j)) for j in args.jobs.split(",") if args.ray and int(j) > 1]
     base = None
-    print(f"{'executor':>8} {'jobs':>4} {'wall s':>8} {'sims/s':>8} {'speed-up':>8}")
+    print(f"{'executor':>8} {'jobs':>4} {'wall s':>8} {'sims/s':>8} {'speed-up':>8} "
+          f"{'parent CPU s':>12} {'sim CPU s':>9}")
     for executor, jobs in runs:
-        wall, n = measure(s, executor, jobs)
+        wall, cpu, sims, n = measure(s, executor, jobs)
         base = base or wall
-        print(f"{executor:>8} {jobs:>4} {wall:8.2f} {n / wall:8.1f} {base / wall:8.2f}")
+        print(f"{executor:>8} {jobs:>4} {wall:8.2f} {n / wall:8.1f} {base / wall:8.2f} "
+              f"{cpu:12.2f} {sims:9.2f}")
+    print(f"load average now: {os.getloadavg()[0]:.1f} (other work shares these cores)")
 
 
 if __name__ == "__main__":

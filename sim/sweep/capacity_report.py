@@ -97,11 +97,13 @@ def sentences(table: pd.DataFrame, search: Search) -> list[str]:
     if ok.empty:
         return [f"no configuration tried meets {slos} at {rate:g} req/s"]
     key = "usd_per_hour" if ok["usd_per_hour"].notna().all() else "gpus"
-    best = ok.sort_values([key, "strategy"]).iloc[0]
+    best = ok.sort_values(key, kind="stable").iloc[0]
+    tied = ok[(ok["group"] == best.group) & (ok[key] == best[key])]["strategy"].tolist()
+    who = tied[0] if len(tied) == 1 else f"any of {', '.join(tied)}"
     cost = f" at {best.usd_per_hour:.4g} USD/h" if key == "usd_per_hour" else ""
     out.append(f"cheapest configuration meeting {rate:g} req/s within {slos}: "
                f"{int(best.nodes)} x {best.gpu} ({int(best.gpus)} GPUs, group {best.group}) "
-               f"with {best.strategy}{cost}")
+               f"with {who}{cost}")
     for g, part in ok.groupby("group", sort=False):
         parts = [f"{r.strategy} {int(r.nodes)}" for r in part.itertuples()]
         out.append(f"{g}: nodes needed: " + ", ".join(parts))

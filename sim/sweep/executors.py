@@ -125,6 +125,8 @@ class LocalProcesses:
             for process in processes:
                 if process.is_alive():
                     process.terminate()
+            for process in processes:
+                process.join(timeout=5)
             self._pool = None
         self._lifeline_r.close()
         self._lifeline_w.close()

@@ -78,17 +78,19 @@ def _scenario(payload: bytes) -> ResolvedScenario:
 
 def run_task(payload: bytes, choice: int, replication: int) -> dict[str, Any]:
     """Simulate one task and return its record: ``summary`` (JSON-safe), ``stability``
-    (``stability``) and ``wall_s``. Runs in any process that can import simlb."""
+    (``stability``), and ``wall_s`` and ``cpu_s`` (of this worker; not in the table). Runs
+    in any process that can import simlb."""
     from sim.app import replication_workload
     from sim.runner import simulate
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     resolved = _scenario(payload)
     workload = replication_workload(resolved, replication)
     result = simulate(resolved, resolved.strategies[choice], replication, workload)
     record = {"summary": result.summary,
               "stability": stability(resolved, result.requests),
-              "wall_s": time.perf_counter() - started}
+              "wall_s": time.perf_counter() - started,
+              "cpu_s": time.process_time() - cpu}
     return json.loads(dumps_json(record))  # the bytes a cached record reads back as
 
 
