@@ -3,7 +3,9 @@ retries, and one-line errors. Uses the smoke scenario, shortened."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -18,7 +20,7 @@ from click.testing import CliRunner
 from sim.cli import main
 from sim.sweep import SweepError
 from sim.sweep.cache import TaskCache
-from sim.sweep.executors import InProcess, Outcome, run_tasks
+from sim.sweep.executors import InProcess, LocalProcesses, Outcome, run_tasks
 from sim.sweep.grid import expand, parse_axes, parse_axis
 from sim.sweep.sweep import SweepSpec, plan, run_sweep
 from sim.sweep.tasks import Task
@@ -104,6 +106,27 @@ def test_failed_runs_are_retried_then_reported(tmp_path):
     records, failures = run_tasks(Flaky(-1), tasks, TaskCache(tmp_path / "b"), retries=2)
     assert not records and len(failures) == len(tasks)
     assert {f.attempts for f in failures} == {3} and "worker lost" in failures[0].error
+
+
+class Crash:
+    """Unpickling it ends the process at once, as an out-of-memory kill would."""
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+def test_a_task_killing_its_worker_fails_alone_and_the_others_finish(tmp_path):
+    _, tasks, _ = plan(small_spec(grid=(f"{RATE}=8,10",), replications=1))
+    poison = dataclasses.replace(tasks[0], key="poison", payload=pickle.dumps(Crash()))
+    backend = LocalProcesses(2)
+    try:
+        records, failures = run_tasks(backend, [poison, *tasks], TaskCache(tmp_path),
+                                      retries=1)
+    finally:
+        backend.close()
+    assert set(records) == {t.key for t in tasks}
+    assert [(f.task.key, f.attempts) for f in failures] == [("poison", 2)]
+    assert "worker process ended abruptly" in failures[0].error
 
 
 def test_local_processes_give_the_same_bytes_as_one_process(tmp_path):

@@ -237,6 +237,9 @@ def run_tasks(backend: Backend, tasks: Sequence[Task], cache: TaskCache, *,
     """Run the tasks not in ``cache``; return the records by task key and the failures.
 
     ``done(task, cached)`` is called once per distinct task as it ends (cached ones first).
+    When a local worker dies, every task then in the pool fails with it and the one that
+    killed it cannot be told: those tasks are run again one at a time, uncounted, so that a
+    task crashing its worker uses up only its own retries.
     """
     records: dict[str, dict[str, Any]] = {}
     todo: dict[str, Task] = {}
@@ -251,21 +254,30 @@ def run_tasks(backend: Backend, tasks: Sequence[Task], cache: TaskCache, *,
         if done:
             done(task, True)
     attempts = dict.fromkeys(todo, 0)
+    alone: set[str] = set()  # tasks to run one at a time (they shared a pool that broke)
     failures: list[Failure] = []
     while todo:
-        batch, todo = list(todo.values()), {}
-        for task, outcome in backend.run(batch):
-            attempts[task.key] += 1
-            if isinstance(outcome, dict):
-                cache.put(task.key, outcome, {"point": task.point, "strategy": task.label,
-                                              "replication": task.replication})
-                records[task.key] = outcome
-                if done:
-                    done(task, False)
-            elif attempts[task.key] <= retries and not isinstance(_cause(outcome), InputError):
-                todo[task.key] = task
-            else:
-                failures.append(Failure(task, attempts[task.key], _describe(outcome)))
+        together = [t for t in todo.values() if t.key not in alone]
+        groups = ([together] if together else []) + [[t] for t in todo.values()
+                                                     if t.key in alone]
+        todo = {}
+        for group in groups:
+            for task, outcome in backend.run(group):
+                if len(group) > 1 and isinstance(_cause(outcome), BrokenProcessPool):
+                    alone.add(task.key)  # maybe not its fault: retry alone, uncounted
+                    todo[task.key] = task
+                    continue
+                attempts[task.key] += 1
+                if isinstance(outcome, dict):
+                    cache.put(task.key, outcome, {"point": task.point, "strategy": task.label,
+                                                  "replication": task.replication})
+                    records[task.key] = outcome
+                elif attempts[task.key] <= retries and \
+                        not isinstance(_cause(outcome), InputError):
+                    todo[task.key] = task
+                    continue
+                else:
+                    failures.append(Failure(task, attempts[task.key], _describe(outcome)))
                 if done:
                     done(task, False)
     return records, failures

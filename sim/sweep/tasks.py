@@ -6,7 +6,7 @@ the replication. ``run_task`` is what every executor runs: it simulates and retu
 JSON-safe record (the run's summary and its stability verdict), never the per-request arrays.
 
 The cache key is the SHA-256 of the resolved scenario as run (``model_dump``, without the
-replication count and with only this task's strategy), the replication, its seed and the simlb
+replication count, name and description, and with only this task's strategy), the replication, its seed and the simlb
 version: two sweeps that run the same simulation share it, whatever their grids. It does not
 hash the content of profile or trace files (a profile edited in place keeps its key: clear the
 cache folder, or use ``--no-cache``).
@@ -50,7 +50,8 @@ def task_key(resolved: ResolvedScenario, choice: int, replication: int) -> str:
     """The cache key of one task (see the module docstring)."""
     sc = resolved.scenario
     tree = sc.model_dump(mode="json")
-    tree.pop("replications", None)
+    for key in ("replications", "name", "description"):  # they change no result
+        tree.pop(key, None)
     tree["router"].pop("strategies", None)
     spec = resolved.strategies[choice].spec.model_dump(mode="json")
     text = dumps_json({"scenario": tree, "strategy": spec, "replication": replication,
