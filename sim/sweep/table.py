@@ -2,7 +2,8 @@
 
 Columns: ``point`` (grid index), one column per swept key (named by the key; values that are
 not scalars are written as YAML flow text), ``strategy``, ``replication``, ``seed``, the
-stability verdict (``stable``, ``growing``, ``saturated``, ``unfinished_measured``) and every
+stability verdict (``stable``, ``growing``, ``saturated``, ``unfinished_measured``,
+``queue_growth``: ``sim.sweep.tasks.stability``) and every
 figure of the run's summary flattened to dotted keys (``latency_s.ttft.p99``...), as
 ``sim.report.load`` flattens them. Rows are in task order (point, replication, strategy), so
 the same sweep gives the same bytes whichever executor ran it.
@@ -10,6 +11,7 @@ the same sweep gives the same bytes whichever executor ran it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +27,7 @@ from sim.report.load import flatten
 from sim.sweep.tasks import Task
 
 ID_COLUMNS = ("point", "strategy", "replication", "seed")
-STABILITY_COLUMNS = ("stable", "growing", "saturated", "unfinished_measured")
+STABILITY_COLUMNS = ("stable", "growing", "saturated", "unfinished_measured", "queue_growth")
 
 
 def _cell(value: Any) -> Any:
@@ -42,7 +44,8 @@ def row(task: Task, values: dict[str, Any], seed: int, record: dict[str, Any]) -
     out |= {"strategy": task.label, "replication": task.replication, "seed": seed,
             "stable": bool(stab.get("stable", False)), "growing": bool(stab.get("growing")),
             "saturated": bool(stab.get("saturated")),
-            "unfinished_measured": int(stab.get("unfinished", 0))}
+            "unfinished_measured": int(stab.get("unfinished", 0)),
+            "queue_growth": float(stab.get("queue_growth", math.nan))}
     metrics = flatten(record["summary"])
     return out | {k: v for k, v in metrics.items() if k not in out}
 

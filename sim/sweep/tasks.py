@@ -6,17 +6,16 @@ the replication. ``run_task`` is what every executor runs: it simulates and retu
 JSON-safe record (the run's summary and its stability verdict), never the per-request arrays.
 
 The cache key is the SHA-256 of the resolved scenario as run (``model_dump``, without the
-replication count, name and description, and with only this task's strategy), the replication, its seed and the simlb
-version: two sweeps that run the same simulation share it, whatever their grids. It does not
-hash the content of profile or trace files (a profile edited in place keeps its key: clear the
-cache folder, or use ``--no-cache``).
+replication count, name and description, and with only this task's strategy), the
+replication, its seed, the simlb version and ``RECORD_VERSION``: two sweeps that run the same
+simulation share it, whatever their grids. It does not hash the content of profile or trace
+files (a profile edited in place keeps its key: clear the cache folder, or use ``--no-cache``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import pickle
 import time
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from sim.build import ResolvedScenario
 from sim.outcome import UNFINISHED
 from sim.results import dumps_json
 
+#: bumped whenever what a record holds, or how it is computed, changes (old records then miss)
+RECORD_VERSION = 2
 #: per worker process: payload digest -> unpickled scenario (a few points at a time)
 _RESOLVED: dict[str, ResolvedScenario] = {}
 _KEEP = 8
@@ -55,7 +56,8 @@ def task_key(resolved: ResolvedScenario, choice: int, replication: int) -> str:
     tree["router"].pop("strategies", None)
     spec = resolved.strategies[choice].spec.model_dump(mode="json")
     text = dumps_json({"scenario": tree, "strategy": spec, "replication": replication,
-                       "seed": sc.seed + replication, "simlb": sim.__version__})
+                       "seed": sc.seed + replication, "simlb": sim.__version__,
+                       "record": RECORD_VERSION})
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -95,11 +97,23 @@ def run_task(payload: bytes, choice: int, replication: int) -> dict[str, Any]:
     return json.loads(dumps_json(record))  # the bytes a cached record reads back as
 
 
+#: the waiting queue grows when its mean over the last quarter of the measurement window
+#: exceeds that over the first by this factor of the first's mean plus QUEUE_GROWTH_MIN
+QUEUE_GROWTH_FACTOR = 2.0
+QUEUE_GROWTH_MIN = 5.0
+
+
 def stability(resolved: ResolvedScenario, requests: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Whether the run reached steady state: the queue does not grow through the
-    measurement window (``sim.fidelity.score.overload_verdict`` on the measured requests'
-    arrival and end-to-end times) and every measured request finished before the drain
-    timeout. ``stable`` is False when either fails."""
+    """Whether the run reached steady state; ``stable`` is False when any of these fail:
+
+    * the waiting queue (requests arrived and not yet scheduled on a node, sampled at each
+      arrival in the measurement window) does not grow: its mean over the window's last
+      quarter exceeds that over its first quarter by at most ``QUEUE_GROWTH_FACTOR`` times
+      the first's mean plus ``QUEUE_GROWTH_MIN`` requests;
+    * end-to-end latency does not grow through the window
+      (``sim.fidelity.score.overload_verdict``, the rule ``simlb fidelity`` uses);
+    * every measured request finished before the drain timeout.
+    """
     from sim.fidelity.score import overload_verdict
 
     sc = resolved.scenario
@@ -109,7 +123,28 @@ def stability(resolved: ResolvedScenario, requests: dict[str, np.ndarray]) -> di
     unfinished = int(np.count_nonzero(requests["status"][measured] == UNFINISHED))
     seqs = sum(int(s.batcher.max_num_seqs) for s in resolved.node_specs)
     verdict = overload_verdict(arrival[measured], e2e, seqs)
-    growth = verdict.growth_s / verdict.base_s if verdict.base_s > 0 else math.nan
-    return {"stable": not verdict.growing and unfinished == 0,
-            "growing": bool(verdict.growing), "saturated": bool(verdict.saturated),
-            "unfinished": unfinished, "growth_ratio": growth}
+    queue_growth = _queue_growth(requests, sc.warmup_s, sc.duration_s)
+    queue_grows = queue_growth[0] > QUEUE_GROWTH_FACTOR * queue_growth[1] + QUEUE_GROWTH_MIN
+    growing = bool(verdict.growing or queue_grows)
+    return {"stable": not growing and unfinished == 0, "growing": growing,
+            "saturated": bool(verdict.saturated), "unfinished": unfinished,
+            "queue_growth": queue_growth[0]}
+
+
+def _queue_growth(requests: dict[str, np.ndarray], a: float, b: float) -> tuple[float, float]:
+    """(mean waiting requests over the last quarter of [a, b) minus over the first, the
+    first quarter's mean), sampled at arrivals (Poisson arrivals see time averages).
+    Requests that will never be scheduled (rejected, failed) are left out."""
+    arrival, start = requests["arrival_s"], requests["first_scheduled_s"]
+    keep = np.isfinite(start) | (requests["status"] == UNFINISHED)
+    arrival = np.sort(arrival[keep])
+    start = np.sort(np.where(np.isfinite(start[keep]), start[keep], np.inf))
+    quarter = (b - a) / 4
+    means = []
+    for lo in (a, b - quarter):
+        at = arrival[(arrival >= lo) & (arrival < lo + quarter)]
+        if at.size == 0:
+            return 0.0, 0.0
+        waiting = np.searchsorted(arrival, at, "right") - np.searchsorted(start, at, "right")
+        means.append(float(waiting.mean()))
+    return means[1] - means[0], means[0]
