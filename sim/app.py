@@ -6,6 +6,7 @@ import dataclasses
 import platform
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import simpy
@@ -146,16 +147,22 @@ def run_one(resolved: ResolvedScenario, choice_index: int, replication: int, out
     return result if keep_records else summary_only(result)
 
 
-def check_workload(resolved: ResolvedScenario) -> None:
+def check_workload(resolved: ResolvedScenario) -> dict[str, Any]:
     """Read and replay a scenario's trace whole, exactly as ``run`` does, so that ``validate``
     refuses what ``run`` would (a bad record anywhere, a model no node serves, a replay beyond
-    the size limits). Synthetic workloads are fully checked when the scenario loads.
+    the size limits); return the ``input`` block the first replication will write (rows,
+    drops, caps, trims, requests beyond the context: ``sim.workload.spec.expected_losses``),
+    which ``sim.workload.replay.loss_lines`` words as ``validate``'s warnings. Synthetic
+    workloads are fully checked when the scenario loads; their block is computed the same way.
 
     Raises:
         InputError: as ``run`` would, naming the trace or scenario file.
     """
     if resolved.scenario.workload.trace is not None:
-        replication_workload(resolved, 0)
+        return replication_workload(resolved, 0).accounting  # the trace is read once
+    from sim.workload.spec import expected_losses
+
+    return expected_losses(resolved)
 
 
 def replication_workload(resolved: ResolvedScenario, replication: int) -> Workload:

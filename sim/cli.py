@@ -196,17 +196,20 @@ def validate(files: tuple[Path, ...], no_limits: bool) -> None:
     """Check scenario FILES (schema, names, parameters, profiles, traces, size limits)
     without running them."""
     from sim import app
+    from sim.workload.replay import loss_lines
 
     failed = 0
     for path in files:
         try:
             resolved = app.load(path, limits=not no_limits)
-            app.check_workload(resolved)
+            losses = app.check_workload(resolved)
         except InputError as exc:
             click.echo(one_line(f"simlb: error: {exc}"), err=True)
             failed += 1
             continue
         sc = resolved.scenario
+        for line in loss_lines(losses, sc.replications):
+            click.echo(one_line(f"simlb: warning: {path}: {line}"), err=True)
         click.echo(f"{path}: ok ({sc.n_nodes} nodes, {len(resolved.strategies)} strategies, "
                    f"{sc.duration_s:g} s)")
     if failed:

@@ -84,9 +84,10 @@ def _pair(rows: Sequence[RunResult], metric: str, scale: float = 1.0) -> str:
 
 #: the full table's columns (``--wide``, or a terminal wide enough for them)
 WIDE = ("strategy", "runs", "TTFT p50/p99 s", "TPOT p50/p99 ms", "E2E p50/p99 s", "req/s",
-        "goodput", "util CV", "imbal.", "grade", "cache hit", "preempt", "rejected")
-#: the columns that fit an 80-column terminal
-NARROW = ("strategy", "TTFT p99 s", "TPOT p99 ms", "E2E p99 s", "goodput", "util CV", "grade",
+        "goodput", "util CV", "imbal.", "herd", "grade", "cache hit", "preempt", "rejected")
+#: the columns that fit an 80-column terminal (E2E, dominated by output lengths, gives way
+#: to the herding index)
+NARROW = ("strategy", "TTFT p99 s", "TPOT p99 ms", "goodput", "util CV", "herd", "grade",
           "cache hit")
 #: how the narrow table shows its headers (on two lines)
 _NARROW_HEADERS = {"TTFT p99 s": "TTFT\np99 s", "TPOT p99 ms": "TPOT\np99 ms",
@@ -108,6 +109,7 @@ def _cells(rows: Sequence[RunResult]) -> dict[str, str]:
         "goodput": _fmt(_mean(rows, "throughput", "goodput_rps")),
         "util CV": _fmt(_mean(rows, "utilization", "grade", "cv"), 2),
         "imbal.": _fmt(_mean(rows, "utilization", "grade", "imbalance"), 2),
+        "herd": _fmt(_mean(rows, "herding", "index"), 2),
         "grade": "/".join(grades), "cache hit": f"{_mean(rows, 'cache', 'hit_rate'):.1%}",
         "preempt": _fmt(_mean(rows, "preemptions", "total"), 6),
         "rejected": _fmt(_mean(rows, "requests", "rejected"), 6)}
@@ -116,7 +118,8 @@ def _cells(rows: Sequence[RunResult]) -> dict[str, str]:
 def comparison_table(results: Sequence[RunResult], title: str, *,
                      wide: bool = True) -> Table:
     """One row per strategy (means over replications): every column, or with ``wide`` False
-    the ones that fit 80 columns (p99 latencies, goodput, balance, cache hits)."""
+    the ones that fit 80 columns (p99 TTFT and TPOT, goodput, balance, herding, cache
+    hits)."""
     headers = WIDE if wide else NARROW
     table = Table(title=title, title_justify="left", box=None if not wide else box.HEAVY_HEAD,
                   pad_edge=False)
@@ -127,17 +130,36 @@ def comparison_table(results: Sequence[RunResult], title: str, *,
         cells = _cells([r for r in results if r.label == label])
         table.add_row(*(cells[h] for h in headers))
     sense = results[0].summary["utilization"]["grade"]["sense"] if results else ""
-    table.caption = (f"util CV, imbalance and grade: {sense} across nodes; means over runs; "
-                     "every figure per run is in summary.json"
+    table.caption = (f"util CV, imbalance: {sense} across nodes; herd: herding index (0 even, "
+                     "1 each burst to one node); grade: the worse of the util-CV and herding "
+                     "grades; means over runs; every figure per run is in summary.json"
                      + ("" if wide else "; --wide for every column"))
     table.caption_justify = "left"
     return table
 
 
+def loss_notes(results: Sequence[RunResult]) -> list[str]:
+    """What became of the input that was not served as given (``summary.json``'s ``input``
+    block: rows dropped, outputs capped, prompts trimmed, requests beyond the context), one
+    line each, from the first run (every strategy replays the same requests)."""
+    from sim.workload.replay import loss_lines
+
+    if not results:
+        return []
+    accounting = results[0].summary.get("input") or {}
+    if not isinstance(accounting, dict):
+        return []
+    lines = loss_lines(accounting)
+    return [line.replace(" will not be replayed", " were not replayed")
+            .replace(" will be cut", " were cut").replace(" will be trimmed", " were trimmed")
+            .replace(" and will be rejected", " and were rejected") for line in lines]
+
+
 def print_comparison(console: Console, results: Sequence[RunResult], title: str, *,
                      wide: bool = False) -> None:
     """Print the comparison table: every column when it fits the console (or ``wide``: then
-    as wide as it needs, the terminal wrapping its lines), else the narrow one."""
+    as wide as it needs, the terminal wrapping its lines), else the narrow one; below it,
+    one line per kind of input loss (``loss_notes``)."""
     full = comparison_table(results, title, wide=True)
     needed = Measurement.get(console, console.options.update(width=10_000), full).maximum
     if needed <= console.width:
@@ -151,3 +173,5 @@ def print_comparison(console: Console, results: Sequence[RunResult], title: str,
             console.width = width
     else:
         console.print(comparison_table(results, title, wide=False))
+    for line in loss_notes(results):
+        console.print(f"input: {line}", markup=False, highlight=False)
