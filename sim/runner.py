@@ -19,6 +19,7 @@ from sim.build import ResolvedScenario, StrategyChoice
 from sim.metrics.recorder import LogHistogram, Recorder
 from sim.metrics.summary import RunData, summarize, timeline
 from sim.model.cluster import Cluster
+from sim.model.elasticity import build_elasticity
 from sim.model.kv_events import KvEventMirror
 from sim.model.requests import RequestTable
 from sim.model.router import Router
@@ -71,6 +72,7 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
     cluster = Cluster(env, resolved.node_specs, table, recorder, sc.cluster.fast_forward,
                       resolved.slowdowns)
     router = _router(resolved, choice, env, cluster, table, seed)
+    elastic = build_elasticity(sc, env, cluster, router, seed)
     router.start()
     horizon = sc.duration_s + sc.drain_timeout_s
     if progress is not None:
@@ -80,10 +82,15 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
     wall = time.perf_counter() - started
     if progress is not None:
         progress(env.now, horizon, router.dispatched)
+    if elastic is not None:
+        elastic.finish(env.now)
     _book_unfinished(cluster, table, env.now)
     data = _run_data(resolved, cluster, table, recorder, env.now, router)
+    summary = {**summarize(data), "input": workload.accounting}
+    if elastic is not None:
+        summary["elasticity"] = elastic.summary(sc, data.requests, env.now)
     return RunResult(label=choice.label, strategy=choice.spec.name, replication=replication,
-                     seed=seed, summary={**summarize(data), "input": workload.accounting},
+                     seed=seed, summary=summary,
                      requests=data.requests,
                      node_states=data.states, timeline=timeline(data, sc.metrics.bucket_s),
                      wall_s=wall,

@@ -22,9 +22,11 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from sim.errors import ScenarioError
+from sim.faults_spec import AutoscalerSpec, FaultsSpec, HealthSpec, RetrySpec, check_elasticity
 from sim.spec import ComponentSpec, StrictModel, format_validation_error
 from sim.workload.spec import WorkloadSpec
 
@@ -154,6 +156,13 @@ class RouterSpec(Model):
                                 "as vllm bench serve --max-concurrency): requests beyond it "
                                 "wait at the client and latencies count from the send; null: "
                                 "open loop")
+    health: HealthSpec = Field(default_factory=HealthSpec,
+                               description="how the router notices failed nodes: active health "
+                                           "checks and passive ejection (used with faults or "
+                                           "autoscaling)")
+    retries: RetrySpec = Field(default_factory=RetrySpec,
+                               description="retries of requests whose attempt failed on a "
+                                           "failed node, and the stall timeout")
 
     @field_validator("strategies")
     @classmethod
@@ -236,6 +245,10 @@ class Scenario(Model):
     limits: LimitsSpec = Field(default_factory=LimitsSpec,
                                description="size limits refusing runs too large to hold in "
                                            "memory (--no-limits skips them)")
+    faults: FaultsSpec | None = Field(None, description="node failures (crash, hang, drain), "
+                                                         "scheduled or random; null: none")
+    autoscaling: list[AutoscalerSpec] = Field(
+        default_factory=list, description="autoscalers, one per scaled node group")
 
     @field_validator("warmup_s")
     @classmethod
@@ -244,6 +257,12 @@ class Scenario(Model):
         if duration_s is not None and warmup_s >= duration_s:
             raise ValueError(f"expected less than duration_s ({duration_s:g}), got {warmup_s:g}")
         return warmup_s
+
+    @model_validator(mode="after")
+    def _elasticity_fits_cluster(self) -> Scenario:
+        check_elasticity(self.faults, self.autoscaling,
+                         {g.name: g.count for g in self.cluster.node_groups}, self.duration_s)
+        return self
 
     @property
     def n_nodes(self) -> int:

@@ -40,15 +40,38 @@ class Cluster:
                  slowdowns: dict[int, tuple[tuple[float, float, float], ...]] | None = None):
         self.env = env
         self.specs = specs
+        self.table = table
         self.on_done: Callable[[Outcome], None] = _unset_on_done
         self.nodes: list[GpuNode] = []
         for node_id, spec in enumerate(specs):
-            kv = KVCache(spec.kv_total_blocks, spec.block_size, spec.prefix_caching)
-            batcher = spec.batcher_cls(kv, table, spec.batcher, node_id)
+            batcher = self._new_batcher(node_id)
             self.nodes.append(GpuNode(env, node_id, batcher, spec.cost, recorder,
                                       self._node_done, fast_forward,
                                       (slowdowns or {}).get(node_id, ())))
         self.infos: tuple[NodeInfo, ...] = tuple(node_info(i, s) for i, s in enumerate(specs))
+
+    def _new_batcher(self, node_id: int) -> ContinuousBatcher:
+        spec = self.specs[node_id]
+        kv = KVCache(spec.kv_total_blocks, spec.block_size, spec.prefix_caching)
+        return spec.batcher_cls(kv, self.table, spec.batcher, node_id)
+
+    def reset_node(self, node_id: int) -> None:
+        """Give a node a fresh engine (a restart: empty queue, batch and KV cache, prefix
+        cache included), keeping the old one's counters that the summary reads, and its
+        KV-event log going with a removal of everything it had cached."""
+        node = self.nodes[node_id]
+        old = node.batcher
+        new = self._new_batcher(node_id)
+        new.kv.evictions += old.kv.evictions
+        new.preemption_gaps = old.preemption_gaps
+        new.preemptions = old.preemptions
+        node.batcher = new
+        if old.kv.events is not None:
+            node._flush_kv_events(self.env.now)
+            new.kv.events = []
+            cached = {key for _, key, blocks in node.kv_log if blocks}
+            node.kv_log.extend((self.env.now, key, 0) for key in sorted(cached))
+        node._record_state(self.env.now)
 
     def _node_done(self, outcome: Outcome) -> None:
         self.on_done(outcome)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from heapq import heappush
+from typing import Any
 
 import simpy
 from simpy.events import Timeout
@@ -73,6 +74,9 @@ class GpuNode:
         #: called as ``on_first_token(request_id, node_id, now)`` when set
         self.on_first_token: Callable[[int, int, float], None] | None = None
         self.fast_forward = fast_forward
+        #: a failed node's behaviour (``sim.model.faults``): takes ``submit`` and ``cancel``
+        #: while set; None: healthy
+        self.fault: Any = None
         self._to_cancel: list[int] = []
         #: ``(time, segment key, cached blocks)`` KV events, when ``publish_kv_events`` was called
         self.kv_log: list[tuple[float, int, int]] = []
@@ -93,6 +97,9 @@ class GpuNode:
 
     def submit(self, rid: int) -> None:
         """Take a request routed here at the current time."""
+        if self.fault is not None:
+            self.fault.submit(rid)
+            return
         now = self.env.now
         batcher = self.batcher
         rejected = batcher.enqueue(rid, now)
@@ -111,6 +118,9 @@ class GpuNode:
     def cancel(self, rid: int) -> None:
         """Withdraw a request at the next iteration boundary (as an engine aborts a request
         between steps); its outcome, status CANCELLED, goes to ``on_done`` then."""
+        if self.fault is not None:
+            self.fault.cancel(rid)
+            return
         if self._pending is None:
             outcome = self.batcher.cancel(rid, self.env.now)
             if outcome is not None:
@@ -122,6 +132,8 @@ class GpuNode:
 
     def take_waiting(self, rid: int) -> bool:
         """Remove a queued request that never started, to send it elsewhere."""
+        if self.fault is not None:
+            return False
         batcher = self.batcher
         was_head = bool(batcher.waiting) and batcher.waiting[0] == rid
         if not batcher.take_waiting(rid):
@@ -131,6 +143,24 @@ class GpuNode:
         if was_head and self._iterations > 1:
             self._cut_run(now)  # the new head may fit where the old one did not
         return True
+
+    def halt(self, now: float) -> None:
+        """Stop the iteration loop now (a failed node; ``sim.model.faults``): the pending
+        event is ignored when it fires and the batcher keeps its state. The finished
+        iterations of an interrupted decode run are logged; the one in progress is not."""
+        plan, k = self._plan, self._iterations
+        if plan is not None and k > 1:
+            j = self._iterations_done(now - self._run_start)
+            if j > 0:
+                b = plan.decode_batch
+                self._runs.extend((self._run_start, self._run_start + self._run_time(j),
+                                   self.node_id, j, b, 0, 0, 0,
+                                   j * plan.decode_ctx_sum + b * (j * (j - 1) // 2),
+                                   self._alpha, self._beta))
+        self._pending = None
+        self._plan = None
+        self._iterations = 0
+        self._to_cancel.clear()
 
     def publish_kv_events(self) -> None:
         """Start logging the prefix cache's changes (what vLLM's KV events would publish)."""

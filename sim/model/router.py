@@ -130,12 +130,16 @@ class Router:
         self.request_tokens = [p + m for p, m in zip(table.prompt_tokens,
                                                      table.max_output_tokens, strict=True)]
         n = len(cluster.nodes)
-        self._accepting_all = (True,) * n
-        self._accepting_by_model: dict[str, tuple[bool, ...]] = {}
         # a node group with no model name serves every request
-        for model in {info.model for info in cluster.infos} - {""}:
-            self._accepting_by_model[model] = tuple(i.model in (model, "")
-                                                    for i in cluster.infos)
+        self._serves = {model: tuple(i.model in (model, "") for i in cluster.infos)
+                        for model in {info.model for info in cluster.infos} - {""}}
+        self._accepting_all: tuple[bool, ...] = ()
+        self._accepting_by_model: dict[str, tuple[bool, ...]] = {}
+        #: True while some request kind has no accepting node (failures, autoscaling)
+        self._blocked = False
+        #: ``unroutable(rid)``: what to do with a request no node can take (set with faults)
+        self.unroutable: Callable[[int], None] | None = None
+        self.set_available((True,) * n)
         self.outstanding = 0
         self.dispatched = 0
         self.arrivals_done = False
@@ -238,6 +242,9 @@ class Router:
             self.stats.shed += 1
             self._reject(rid, now)
             return
+        if self._blocked and not any(view.accepting):
+            self._no_node(rid)
+            return
         strategy = replica.strategy
         node = strategy.choose(info, view)
         if type(node) is not int or not (0 <= node < len(view.accepting)
@@ -263,6 +270,77 @@ class Router:
                 and view.accepting[node]):
             raise SimulationError(f"strategy '{strategy.registered_name}' chose {node!r}, "
                                   f"not an accepting node id")
+
+    # -- failures and elasticity (sim.model.faults, health, autoscaler) ----------------------
+
+    def set_available(self, available: tuple[bool, ...]) -> None:
+        """Route only to the nodes marked available (health checks, drains, autoscaling)."""
+        self._accepting_all = available
+        self._accepting_by_model = {m: tuple(a and b for a, b in zip(serves, available,
+                                                                     strict=True))
+                                    for m, serves in self._serves.items()}
+        self._blocked = not (any(available) and all(map(any,
+                                                        self._accepting_by_model.values())))
+
+    def _no_node(self, rid: int) -> None:
+        """No node can take the request now (a gateway's 503 "no healthy upstream")."""
+        if self.unroutable is None:
+            raise SimulationError(f"request {rid}: no node is available")
+        self.unroutable(rid)
+
+    def attempt_failed(self, outcome: Outcome) -> bool:
+        """An attempt failed on its node (lost, refused or timed out). Returns True when the
+        request has no other attempt and no record yet, so it must be retried or failed."""
+        rid, node = outcome.request_id, outcome.node_id
+        replica = self._replica_of(rid)
+        replica.release(rid, node)
+        if replica.watches_finish:
+            replica.strategy.on_finish(outcome)
+        attempts = self._attempts.get(rid)
+        if attempts is None:
+            return True
+        attempts.discard(node)
+        if attempts:
+            return False
+        del self._attempts[rid]
+        if rid in self._final:
+            self._final.discard(rid)
+            self._close()
+            return False
+        return True
+
+    def record_failure(self, outcome: Outcome) -> None:
+        """The request failed for good (no retry left): ``outcome`` is its record."""
+        self.table.record(outcome)
+        self._close()
+
+    def resend(self, rid: int, exclude: frozenset[int]) -> int | None:
+        """Dispatch a new attempt of an outstanding request to a node not in ``exclude`` if
+        one accepts (any accepting node otherwise); None when no node accepts."""
+        replica = self._replica_of(rid)
+        info = self._info(rid)
+        now = self.env.now
+        view = replica.view(now, self._accepting(info))
+        if not any(view.accepting):
+            return None
+        strategy = replica.strategy
+        node = strategy.choose_other(info, view, exclude)
+        if node is None:
+            node = strategy.choose(info, view)
+        self._check_node(strategy, node, view)
+        if replica.watches_dispatch:
+            strategy.on_dispatch(info, node, now)
+        if replica.hedges or replica.retries:
+            self._arm_timers(replica, info, view, node)
+        replica.send(rid, node)
+        return node
+
+    def _close(self) -> None:
+        """A request left the system."""
+        self.outstanding -= 1
+        if self._held:
+            self._release_held()
+        self._check_drained()
 
     # -- outcomes -------------------------------------------------------------------------------
 

@@ -172,6 +172,11 @@ class DynamoKv(Strategy):
         self._add_blocks(charge, -1)
         del self._charges[rid]
 
+    def on_node_down(self, node_id: int) -> None:
+        """Forget the node's entries in the prefix index (it restarts cold, if at all)."""
+        if self.index is not None:
+            self.index.drop_tenant(node_id)
+
     def stats(self) -> dict[str, float]:
         """Decisions that did not take the deepest overlap, and the overlap blocks lost."""
         return {k: float(v) for k, v in self._counts.items()}

@@ -121,6 +121,11 @@ class LlmD(Strategy):
         ids = view.prompt_block_ids(request.request_id, view.nodes[0].block_size_tokens)
         return ids[: self.params.max_prefix_blocks]
 
+    def on_node_down(self, node_id: int) -> None:
+        """Forget the node's entries in the prefix index (it restarts cold, if at all)."""
+        if self.index is not None:
+            self.index.drop_tenant(node_id)
+
     def _index(self, view: ClusterView) -> PrefixIndex:
         if self.index is None:
             cap = self.params.lru_capacity_blocks

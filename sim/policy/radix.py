@@ -143,6 +143,16 @@ class PrefixIndex:
         self.evicted_blocks += dropped
         return dropped
 
+    def drop_tenant(self, tenant: int) -> int:
+        """Forget everything the tenant holds (its node failed or left); return how many
+        blocks (not counted as evictions)."""
+        lru = self._lru[tenant]
+        n = len(lru)
+        for block in lru:
+            self._forget(block, tenant)
+        lru.clear()
+        return n
+
     def _forget(self, block: int, tenant: int) -> None:
         mask = self._holders[block] & ~(1 << tenant)
         if mask:

@@ -124,6 +124,11 @@ class SglangCacheAware(Strategy):
         index.insert(node, ids, view.now_s)
         return node
 
+    def on_node_down(self, node_id: int) -> None:
+        """Forget the node's entries in the prefix index (it restarts cold, if at all)."""
+        if self.index is not None:
+            self.index.drop_tenant(node_id)
+
     def stats(self) -> dict[str, float]:
         """Decisions taken by cache match, by miss policy, and by the imbalance rule."""
         return {k: float(v) for k, v in self._counts.items()}

@@ -1,0 +1,149 @@
+"""Availability, failover and cost figures of a run with faults or autoscaling (pure functions).
+
+Definitions (``summary.json`` -> ``elasticity``; *measured*: arriving in the measurement window
+``[warmup_s, duration_s)``):
+
+* ``availability``: completed / (completed + failed) over measured requests (rejections are
+  the admission policy's or the request's doing, unfinished ones have no verdict yet).
+* ``slo_met_share``: the share of measured arrivals (rejected excluded) that completed *and*
+  met every SLO; failed and unfinished requests count as misses. Split by arrival time:
+  ``before`` the first failure, ``during`` an outage (from a failure to the node serving
+  again), ``after`` (the ``AFTER_S`` seconds following an outage, outside any outage) and
+  ``all``. None when no request falls in the split.
+* ``detection``: per failure, ``detect_delay_s`` = when the router first took the node out of
+  routing (an active check, passive ejection, or the control plane for a drain) minus the
+  failure time; NaN when it never noticed (the node came back first).
+* ``gpu_hours``: GPU time provisioned in ``[0, duration_s)`` (nodes x the profile's tensor
+  parallel degree; a node is provisioned from its scale-up decision until it is drained and
+  off, failed nodes included); ``node_count``: change points of provisioned and routable nodes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sim.outcome import COMPLETED, FAILED, REJECTED
+
+#: seconds after an outage counted as "after" it
+AFTER_S = 60.0
+
+
+def slo_met(req: dict[str, np.ndarray], slo: dict[str, float | None]) -> np.ndarray:
+    """Per request: completed and within every SLO (client-side times)."""
+    ok = req["status"] == COMPLETED
+    arrival, first, finish = req["arrival_s"], req["first_token_s"], req["finish_s"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if slo.get("ttft_s") is not None:
+            ok &= first - arrival <= slo["ttft_s"]
+        if slo.get("e2e_s") is not None:
+            ok &= finish - arrival <= slo["e2e_s"]
+        if slo.get("tpot_s") is not None:
+            out = req["output_tokens"]
+            tpot = np.where(out > 1, (finish - first) / np.maximum(out - 1, 1), 0.0)
+            ok &= tpot <= slo["tpot_s"]
+    return ok
+
+
+def _share(met: np.ndarray, rows: np.ndarray) -> float | None:
+    return float(met[rows].mean()) if rows.any() else None
+
+
+def outage_windows(records: list[dict], end_s: float) -> list[tuple[float, float]]:
+    """Merged ``[failure, serving again)`` intervals (a node never back: to ``end_s``)."""
+    spans = sorted((r["start_s"], r["ready_s"] if math.isfinite(r["ready_s"]) else end_s)
+                   for r in records)
+    merged: list[tuple[float, float]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def slo_shares(req: dict[str, np.ndarray], slo: dict[str, float | None],
+               window_s: tuple[float, float], windows: list[tuple[float, float]]
+               ) -> dict[str, float | None]:
+    """``slo_met_share`` split by arrival time (see the module docstring)."""
+    arrival = req["arrival_s"]
+    a, b = window_s
+    counted = (arrival >= a) & (arrival < b) & (req["status"] != REJECTED)
+    met = slo_met(req, slo)
+    during = np.zeros(arrival.size, dtype=bool)
+    after = np.zeros(arrival.size, dtype=bool)
+    for start, end in windows:
+        during |= (arrival >= start) & (arrival < end)
+        after |= (arrival >= end) & (arrival < end + AFTER_S)
+    after &= ~during
+    first = windows[0][0] if windows else math.inf
+    return {"all": _share(met, counted), "before": _share(met, counted & (arrival < first)),
+            "during": _share(met, counted & during), "after": _share(met, counted & after)}
+
+
+def provisioned_hours(log: list[tuple[float, int, bool]], n_nodes: int, gpus: np.ndarray,
+                      start_off: set[int], until_s: float) -> tuple[float, float]:
+    """(node-hours, GPU-hours) provisioned in ``[0, until_s)`` from lifecycle change points."""
+    since = {i: 0.0 for i in range(n_nodes) if i not in start_off}
+    seconds = np.zeros(n_nodes)
+    for t, node, on in sorted(log):
+        t = min(t, until_s)
+        if on:
+            since.setdefault(node, t)
+        elif node in since:
+            seconds[node] += t - since.pop(node)
+    for node, t in since.items():
+        seconds[node] += max(0.0, until_s - t)
+    return float(seconds.sum() / 3600), float((seconds * gpus).sum() / 3600)
+
+
+def node_count_series(log: list[tuple[float, int, bool]], routable: list[tuple[float, int]],
+                      n_initial: int) -> dict[str, list]:
+    """Provisioned and routable node counts at each change point."""
+    changes: dict[float, list] = {}
+    provisioned = n_initial
+    for t, _node, on in sorted(log):
+        provisioned += 1 if on else -1
+        changes.setdefault(t, [None, None])[0] = provisioned
+    for t, count in routable:
+        changes.setdefault(t, [None, None])[1] = count
+    times = sorted(changes)
+    prov, rout, last_p, last_r = [], [], n_initial, n_initial
+    for t in times:
+        p, r = changes[t]
+        last_p = last_p if p is None else p
+        last_r = last_r if r is None else r
+        prov.append(last_p)
+        rout.append(last_r)
+    return {"t_s": times, "provisioned": prov, "routable": rout}
+
+
+def elasticity_summary(req: dict[str, np.ndarray], slo: dict[str, float | None],
+                       window_s: tuple[float, float], end_s: float, records: list[dict],
+                       stats: dict[str, int], hours: tuple[float, float],
+                       node_count: dict[str, list]) -> dict[str, object]:
+    """The ``elasticity`` block of ``summary.json``."""
+    a, b = window_s
+    arrival, status = req["arrival_s"], req["status"]
+    measured = (arrival >= a) & (arrival < b)
+    done = int((measured & (status == COMPLETED)).sum())
+    failed = int((measured & (status == FAILED)).sum())
+    for r in records:
+        r["detect_delay_s"] = r["detected_s"] - r["start_s"]
+    delays = np.array([r["detect_delay_s"] for r in records if math.isfinite(r["detected_s"])])
+    return {
+        "availability": done / (done + failed) if done + failed else None,
+        "requests": {"failed": failed, "failed_total": int((status == FAILED).sum()),
+                     **{k: int(v) for k, v in stats.items()}},
+        "slo_met_share": slo_shares(req, slo, window_s, outage_windows(records, end_s)),
+        "detection": {"failures": len(records),
+                      "detected": int(delays.size),
+                      "mean_s": float(delays.mean()) if delays.size else None,
+                      "max_s": float(delays.max()) if delays.size else None},
+        "events": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                    for k, v in r.items()} for r in records],
+        "node_hours": hours[0],
+        "gpu_hours": hours[1],
+        "node_count": node_count,
+    }
