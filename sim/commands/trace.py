@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +91,9 @@ def _reader_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _load(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str | None,
           hash_block_tokens: int, strict: bool, keep_failed: bool,
-          zero_tokens: str) -> tuple[Any, Any]:
-    """Read and replay ``file`` (no window, no scaling); return ``(spec, workload)``."""
+          zero_tokens: str, **replay: Any) -> tuple[Any, Any]:
+    """Read and replay ``file`` (no window; no scaling unless ``replay`` gives options of
+    ``workload.trace``, such as ``prompt_scale``); return ``(spec, workload)``."""
     from pydantic import ValidationError
 
     from sim.spec import format_validation_error
@@ -108,6 +109,7 @@ def _load(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str 
     raw: dict[str, Any] = {"format": fmt or infer_format(file), "path": str(file.resolve()),
                            "hash_block_tokens": hash_block_tokens, "strict": strict,
                            "keep_failed": keep_failed, "zero_tokens": zero_tokens}
+    raw.update({k: v for k, v in replay.items() if v is not None})
     if mapping:
         raw["columns"] = mapping
     if time_unit:
@@ -171,30 +173,61 @@ def stats(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str 
               help="Piece width of the rate profile (default: 1 s, coarser for long traces).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the twin drawn to compare its statistics.")
+@click.option("--no-bursts", is_flag=True,
+              help="Do not model sub-second bursts (plain arrivals inside each piece).")
+@click.option("--target-rate-rps", type=click.FloatRange(min=0, min_open=True),
+              help="Fit the twin of the trace rescaled in time to this mean rate.")
+@click.option("--prompt-scale", type=click.FloatRange(min=0, max=1, min_open=True),
+              help="Fit the twin of the trace with every prompt (shared prefixes included) "
+                   "shrunk by this factor, as workload.trace.prompt_scale replays it.")
+@click.option("--fail-on-miss", "fail_on_miss", is_flag=True,
+              help="Exit with code 1 when the twin misses a statistic of the trace by more "
+                   "than its tolerance (the warnings), after writing it.")
 @_exit_on_input_error
 def fit(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str | None,
         hash_block_tokens: int, strict: bool, keep_failed: bool, zero_tokens: str, nodes: int,
-        output: Path, arrivals: str, bucket_s: float | None, seed: int) -> None:
-    """Write a synthetic workload block whose statistics match the trace FILE's."""
+        output: Path, arrivals: str, bucket_s: float | None, seed: int, no_bursts: bool,
+        target_rate_rps: float | None, prompt_scale: float | None,
+        fail_on_miss: bool) -> None:
+    """Write a synthetic workload block whose statistics match the trace FILE's.
+
+    The twin's statistics are compared with the trace's; each one missed by more than its
+    tolerance (sim.workload.twin.TOLERANCES) is printed as a warning."""
     from sim.workload.spec import WorkloadSpec, build_workload
     from sim.workload.trace_stats import trace_stats
-    from sim.workload.twin import fit_twin
+    from sim.workload.twin import fit_twin, twin_warnings
 
     _check_output(output, "--output")
     spec, workload = _load(file, fmt, columns, time_unit, hash_block_tokens, strict,
                            keep_failed, zero_tokens)
     try:
         block = fit_twin(workload, arrivals=arrivals, bucket_s=bucket_s,
-                         block_tokens=spec.hash_block_tokens, nodes=nodes)
+                         block_tokens=spec.hash_block_tokens, nodes=nodes,
+                         bursts=not no_bursts, target_rate_rps=target_rate_rps,
+                         prompt_scale=prompt_scale)
     except ValueError as exc:
         raise InputError(str(exc), source=str(file)) from None
-    span = float(workload.arrival_s[-1])
+    reference = workload  # the trace as a scenario replays it with the same options
+    if target_rate_rps is not None or prompt_scale is not None:
+        _, reference = _load(file, fmt, columns, time_unit, hash_block_tokens, strict,
+                             keep_failed, zero_tokens, target_rate_rps=target_rate_rps,
+                             prompt_scale=prompt_scale)
+    span = float(reference.arrival_s[-1])
     twin = build_workload(WorkloadSpec.model_validate(block), span, seed)
     kwargs = {"nodes": nodes, "block_tokens": spec.hash_block_tokens}
-    original, copy = trace_stats(workload, **kwargs), trace_stats(twin, **kwargs)
-    _write_twin(output, file, spec.format, block, span, _comparison_rows(original, copy))
+    original, copy = trace_stats(reference, **kwargs), trace_stats(twin, **kwargs)
+    warnings = twin_warnings(original, copy)
+    _write_twin(output, file, spec.format, block, span, _comparison_rows(original, copy),
+                warnings)
     _print_comparison(original, copy, seed)
+    for line in warnings:
+        click.echo(f"simlb: warning: {line}", err=True)
     click.echo(f"twin: {output}")
+    if warnings and fail_on_miss:
+        click.echo(f"simlb: error: the twin misses {len(warnings)} statistic(s) of the trace "
+                   "beyond tolerance (--fail-on-miss)", err=True)
+        sys.exit(1)
+
 
 
 #: image formats ``--plot`` writes (by the file name's extension)
@@ -233,7 +266,7 @@ def _comparison_rows(original: Any, twin: Any) -> list[tuple[str, float, float]]
 
 
 def _write_twin(path: Path, file: Path, fmt: str, block: dict[str, Any], span_s: float,
-                rows: list[tuple[str, float, float]]) -> None:
+                rows: list[tuple[str, float, float]], warnings: Sequence[str] = ()) -> None:
     import yaml
 
     lines = [f"# Synthetic twin of {file.name} ({fmt}), written by `simlb trace fit`.",
@@ -241,6 +274,7 @@ def _write_twin(path: Path, file: Path, fmt: str, block: dict[str, Any], span_s:
              f"# trace's span ({span_s:.6g} s), the scenario's duration_s below.",
              "# statistic: trace / twin (one draw; see docs/traces.md for typical closeness)"]
     lines += [f"#   {k}: {a:.4g} / {b:.4g}" for k, a, b in rows]
+    lines += [f"# WARNING: {line}" for line in warnings]
     body = yaml.safe_dump({"duration_s": float(f"{span_s:.9g}"), "workload": block},
                           sort_keys=False, default_flow_style=None, width=100)
     try:
@@ -275,6 +309,18 @@ def _print_stats(file: Path, fmt: str, source: str, s: Any) -> None:
     rows += [("inter-arrival CV", f"{s.interarrival_cv:.4g}")]
     rows += [(f"index of dispersion ({_window(k)})", f"{v:.4g}")
              for k, v in s.index_of_dispersion.items()]
+    if s.bursts is not None:
+        b = s.bursts
+        rows += [(f"requests in bursts (gaps <= {b.gap_s * 1000:g} ms)", f"{b.share:.1%}"),
+                 ("mean burst size", "-" if math.isnan(b.mean_size) else f"{b.mean_size:.3g}")]
+    rows += [("prompt-output length correlation (Spearman)",
+              "-" if math.isnan(s.length_correlation) else f"{s.length_correlation:+.3f}")]
+    if s.timestamp_rounding is not None:
+        r = s.timestamp_rounding
+        rows += [("timestamp grid", "none (continuous)" if r.grid_s is None
+                  else f"{r.grid_s:g} s"),
+                 ("requests arriving with another at the same instant",
+                  f"{r.simultaneous_share:.1%}")]
     if s.prefix_reuse is not None:
         r = s.prefix_reuse
         rows += [(f"prefix reuse, shared cache ({r.block_tokens}-token blocks)",
@@ -293,6 +339,8 @@ def _print_stats(file: Path, fmt: str, source: str, s: Any) -> None:
     console = _console()
     console.print(table)
     console.print(lengths)
+    if s.timestamp_rounding is not None:
+        click.echo(f"timestamps: {s.timestamp_rounding.hint}")
     click.echo(f"source: {source}")
 
 

@@ -494,7 +494,7 @@ def twin_warnings(trace: TraceStats, twin: TraceStats,
             want = f"within {limit:g}x"
         else:
             miss = abs(y - x) > limit
-            how, want = "vs the trace's", f"within {limit:g}"
+            how, want = f"off by {y - x:+.3g} from the trace's", f"within {limit:g}"
         if miss:
             lines.append(f"twin's {key} {y:.4g} is {how} {x:.4g} (tolerance: {want})")
     return lines
