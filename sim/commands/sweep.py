@@ -140,12 +140,12 @@ def command(scenario: Path, grid: tuple[str, ...], out: Path | None, no_report: 
             click.echo(f"report: {report}")
     except InputError as exc:
         fail(exc)
-    click.echo(f"{len(points)} points x {len(result.strategies)} strategies: "
+    n = len(result.strategies)
+    click.echo(f"{len(points)} points x {n} {'strategy' if n == 1 else 'strategies'}: "
                f"{result.simulated} simulated, {result.cached} cached, "
                f"{len(result.failures)} failed")
     for path in result.files:
-        click.echo(f"table: {path}" if path.suffix != ".csv" or "failures" not in path.name
-                   else f"failures: {path}")
+        click.echo(f"{'failures' if path.name == 'failures.csv' else 'table'}: {path}")
     if result.failures:
         first = result.failures[0]
         fail(RuntimeError(f"{len(result.failures)} runs failed after retries (first: point "

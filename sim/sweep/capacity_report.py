@@ -2,7 +2,9 @@
 
 Rate search: one row per strategy (capacity = mean over replications of each chain's last
 passing rate, with its 95 % t interval, the bisection tolerance, the cluster and its hourly
-cost, and cost per req/s held). Node search: one row per node group (GPU type) and strategy
+cost, cost per req/s held, and the paired difference against the first strategy: replication
+k of every strategy has the same seed, so the difference is taken replication by
+replication). Node search: one row per node group (GPU type) and strategy
 (nodes = the largest over replications, so every replication met the SLOs; GPUs and cost).
 """
 
@@ -19,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sim.report.plots import render, strategy_colours
-from sim.report.stats import mean_ci
+from sim.report.stats import mean_ci, paired_difference
 from sim.sweep.capacity import Search
 from sim.sweep.prices import gpu_of, hourly_cost
 from sim.sweep.report import write_folder
@@ -31,10 +33,12 @@ def recommendations(search: Search, prices: dict[str, float]) -> pd.DataFrame:
     by_key: dict[tuple[Any, str], list[Any]] = {}
     for chain in search.chains:
         by_key.setdefault((chain.group, chain.strategy), []).append(chain)
+    base = next(iter(by_key.values()))  # the first strategy: paired differences against it
     for (group, strategy), chains in by_key.items():
         notes = sorted({c.note for c in chains if c.note})
         if group is None:
-            rows.append(_rate_row(search, strategy, chains, prices) | {"note": "; ".join(notes)})
+            rows.append(_rate_row(search, strategy, chains, prices)
+                        | _paired(chains, base) | {"note": "; ".join(notes)})
         else:
             rows.append(_nodes_row(search, group, strategy, chains, prices)
                         | {"note": "; ".join(notes)})
@@ -56,6 +60,15 @@ def _rate_row(search: Search, strategy: str, chains: list[Any],
             "gpus": sum(gpu_of(s)[1] for s in resolved.node_specs), "gpu": gpu,
             "usd_per_hour": cost,
             "usd_per_hour_per_rps": cost / est.mean if est.mean > 0 else math.nan}
+
+
+def _paired(chains: list[Any], base: list[Any]) -> dict[str, Any]:
+    """Capacity minus the first strategy's, replication by replication (same seeds), with
+    its 95 % interval: much tighter than the difference of two intervals."""
+    def by_rep(cs: list[Any]) -> dict[int, float]:
+        return {c.replication: c.good if c.good is not None else math.nan for c in cs}
+    d = paired_difference(by_rep(chains), by_rep(base))
+    return {"vs": base[0].strategy, "paired_diff_rps": d.mean, "paired_ci95_rps": d.half_width}
 
 
 def _nodes_row(search: Search, group: int, strategy: str, chains: list[Any],
@@ -87,6 +100,12 @@ def sentences(table: pd.DataFrame, search: Search) -> list[str]:
         out.append(f"on {int(first.nodes)} x {first.gpu} ({int(first.gpus)} GPUs), within "
                    f"{slos}: " + "; ".join(parts) + " req/s (95 % interval over "
                    f"replications; bisection tolerance {search.tol:.3g} req/s)")
+        others = table[table["strategy"] != table["vs"]]
+        if len(others):
+            diffs = [f"{r.strategy} {r.paired_diff_rps:+.3g} ± "
+                     f"{_hw(r.paired_ci95_rps, search.tol)}" for r in others.itertuples()]
+            out.append(f"paired with {table['vs'].iloc[0]} (same seeds): " + "; ".join(diffs)
+                       + " req/s")
         if table["usd_per_hour"].notna().any():
             out.append(f"cluster cost {first.usd_per_hour:.4g} USD/h: "
                        f"{first.usd_per_hour / first.capacity_rps:.3g} USD/h per req/s with "
