@@ -263,7 +263,8 @@ def run_tasks(backend: Backend, tasks: Sequence[Task], cache: TaskCache, *,
         todo = {}
         for group in groups:
             for task, outcome in backend.run(group):
-                if len(group) > 1 and isinstance(_cause(outcome), BrokenProcessPool):
+                if len(group) > 1 and isinstance(outcome, BaseException) \
+                        and isinstance(_cause(outcome), BrokenProcessPool):
                     alone.add(task.key)  # maybe not its fault: retry alone, uncounted
                     todo[task.key] = task
                     continue
@@ -273,7 +274,7 @@ def run_tasks(backend: Backend, tasks: Sequence[Task], cache: TaskCache, *,
                                                   "replication": task.replication})
                     records[task.key] = outcome
                 elif attempts[task.key] <= retries and \
-                        not isinstance(_cause(outcome), InputError):
+                        not isinstance(_cause(outcome), InputError):  # retry it
                     todo[task.key] = task
                     continue
                 else:

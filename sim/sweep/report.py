@@ -70,8 +70,8 @@ def _figure(part: pd.DataFrame, xkey: str, strategies: Sequence[str], title: str
             ax.errorbar(x, y, yerr=np.vstack([low, hw]), color=colours[s], label=s,
                         marker="o", capsize=3, linewidth=1.5, markersize=4)
         unstable = part[part["stable"] < 1]
-        for x in sorted({pos[v] for v in unstable[xkey]}):
-            ax.axvline(x, color="0.85", linewidth=6, zorder=0)
+        for at in sorted({pos[v] for v in unstable[xkey]}):
+            ax.axvline(at, color="0.85", linewidth=6, zorder=0)
         ax.set_xlabel(xkey, fontsize=9)
         ax.set_ylabel(label, fontsize=9)
         ax.grid(True, color="0.9")
