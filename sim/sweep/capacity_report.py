@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from sim.report.plots import render, strategy_colours
 from sim.report.stats import mean_ci, paired_difference
 from sim.sweep.capacity import Search
-from sim.sweep.prices import gpu_of, hourly_cost
+from sim.sweep.prices import gpu_of, hourly_cost, with_scenario_prices
 from sim.sweep.report import write_folder
 
 
@@ -78,6 +78,7 @@ def _nodes_row(search: Search, group: int, strategy: str, chains: list[Any],
     spec = search.base_resolved.scenario.cluster.node_groups[group]
     gpu, per_node = gpu_of(search.base_resolved.node_specs[
         sum(g.count for g in search.base_resolved.scenario.cluster.node_groups[:group])])
+    prices = with_scenario_prices(search.base_resolved, prices)
     price = prices.get(spec.name.lower(), prices.get(gpu, math.nan))
     rate = search.spec.rate or search.base_rate
     nodes = int(need) if math.isfinite(need) else None

@@ -3,6 +3,8 @@
 A node's GPU type is the first part of its profile name (``h100/llama-3.1-8b-aic`` -> ``h100``;
 a cost model without a profile has the group's name) and its GPU count the profile's
 tensor-parallel degree. A price may name a GPU type or a node group; a group's own name wins.
+A node group may also carry ``usd_per_gpu_hour`` in the scenario (read when the schema has
+that field; ``--price`` overrides it).
 Assumes a node's price is its GPU count times the GPU's hourly price (no host or network cost).
 """
 
@@ -56,12 +58,22 @@ def gpus(resolved: ResolvedScenario) -> dict[str, int]:
     return out
 
 
+def with_scenario_prices(resolved: ResolvedScenario,
+                         prices: dict[str, float]) -> dict[str, float]:
+    """``prices`` plus each node group's own ``usd_per_gpu_hour`` (by group name), where the
+    scenario schema has that field; a ``--price`` for the group wins."""
+    own = {g.name.lower(): float(v) for g in resolved.scenario.cluster.node_groups
+           if (v := getattr(g, "usd_per_gpu_hour", None)) is not None}
+    return own | prices
+
+
 def hourly_cost(resolved: ResolvedScenario, prices: dict[str, float]) -> float:
-    """USD per hour of the cluster; NaN without prices.
+    """USD per hour of the cluster; NaN without prices (``--price`` or the scenario's).
 
     Raises:
         SweepError: prices are given but a node has none (naming its group and GPU type).
     """
+    prices = with_scenario_prices(resolved, prices)
     if not prices:
         return math.nan
     total = 0.0
