@@ -144,7 +144,10 @@ def find_rate_keys(resolved: ResolvedScenario, raw: dict[str, Any],
 
 
 def rate_assignments(search: Search, rate: float) -> list[str]:
-    """``--set`` assignments giving a mean offered rate of ``rate`` req/s."""
+    """``--set`` assignments giving a mean offered rate of ``rate`` req/s (none when the
+    scenario's rate is kept)."""
+    if not search.rate_keys or rate == search.base_rate:
+        return []
     factor = rate / search.base_rate
     return [f"{key}={_round(value * factor)!r}" for key, value in search.rate_keys]
 
@@ -169,7 +172,12 @@ def start(spec: CapacitySpec) -> Search:
     tree = copy.deepcopy(base)
     for assignment in spec.overrides:
         apply_override(tree, assignment)
-    keys, base_rate = find_rate_keys(resolved, tree, spec.rate_key)
+    try:
+        keys, base_rate = find_rate_keys(resolved, tree, spec.rate_key)
+    except SweepError:
+        if spec.vary == "rate" or spec.rate is not None:
+            raise
+        keys, base_rate = [], math.nan  # a node search at the scenario's own load
     if spec.vary == "rate":
         lo_hi = spec.rate_range
         x0 = base_rate if lo_hi is None else lo_hi[1]

@@ -80,7 +80,7 @@ def _nodes_row(search: Search, group: int, strategy: str, chains: list[Any],
         sum(g.count for g in search.base_resolved.scenario.cluster.node_groups[:group])])
     prices = with_scenario_prices(search.base_resolved, prices)
     price = prices.get(spec.name.lower(), prices.get(gpu, math.nan))
-    rate = search.spec.rate or search.base_rate
+    rate = search.spec.rate or search.base_rate  # NaN: the scenario's own (a trace)
     nodes = int(need) if math.isfinite(need) else None
     return {"group": spec.name, "gpu": gpu, "strategy": strategy, "rate_rps": rate,
             "nodes": nodes, "nodes_min": int(min(counts)) if nodes else None,
@@ -114,14 +114,15 @@ def sentences(table: pd.DataFrame, search: Search) -> list[str]:
         return out
     ok = table[table["nodes"].notna()]
     rate = float(table["rate_rps"].iloc[0])
+    load = f"{rate:g} req/s" if math.isfinite(rate) else "the scenario's load"
     if ok.empty:
-        return [f"no configuration tried meets {slos} at {rate:g} req/s"]
+        return [f"no configuration tried meets {slos} at {load}"]
     key = "usd_per_hour" if ok["usd_per_hour"].notna().all() else "gpus"
     best = ok.sort_values(key, kind="stable").iloc[0]
     tied = ok[(ok["group"] == best.group) & (ok[key] == best[key])]["strategy"].tolist()
     who = tied[0] if len(tied) == 1 else f"any of {', '.join(tied)}"
     cost = f" at {best.usd_per_hour:.4g} USD/h" if key == "usd_per_hour" else ""
-    out.append(f"cheapest configuration meeting {rate:g} req/s within {slos}: "
+    out.append(f"cheapest configuration meeting {load} within {slos}: "
                f"{int(best.nodes)} x {best.gpu} ({int(best.gpus)} GPUs, group {best.group}) "
                f"with {who}{cost}")
     for g, part in ok.groupby("group", sort=False):

@@ -27,8 +27,9 @@ from sim.errors import InputError
 from sim.scenario import apply_override, parse_scenario, read_raw
 from sim.sweep import SweepError
 
-#: the most points one sweep may have (before strategies and replications)
-MAX_POINTS = 100_000
+#: the most points one sweep may have (before strategies and replications); the parent holds
+#: every point's resolved scenario, about 0.2-0.3 MB each with a profile cost model
+MAX_POINTS = 5_000
 
 
 @dataclass(frozen=True)
