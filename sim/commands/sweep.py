@@ -2,32 +2,37 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from sim.errors import InputError
 
+#: the longest error line printed (as ``sim.cli``)
+MAX_LINE = 1000
 EXECUTOR_HELP = ("Where simulations run: local worker processes (--jobs of them; 1: in this "
                  "process) or a Ray cluster (pip install 'simlb[distributed]').")
 
 
 def usable_cpus() -> int:
-    """CPU cores this process may run on."""
-    from sim.cli import _usable_cpus
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
-    return _usable_cpus()
 
-
-def fail(exc: Exception, code: int = 2) -> None:
-    """Print one line and exit (the CLI's contract for bad input)."""
-    from sim.cli import _one_line
-
-    click.echo(_one_line(f"simlb: error: {exc}"), err=True)
+def fail(exc: Exception, code: int = 2) -> NoReturn:
+    """Print ``simlb: error: <exc>`` on one printable line (at most ``MAX_LINE`` characters)
+    and exit: the CLI's contract for bad input. Kept here, not imported from ``sim.cli``, so
+    the command-line layer has no import cycle."""
+    text = " ".join(f"simlb: error: {exc}".splitlines())
+    text = "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in text)
+    click.echo(text if len(text) <= MAX_LINE else text[:MAX_LINE - 3] + "...", err=True)
     sys.exit(code)
 
 
