@@ -88,6 +88,9 @@ def run_sweep(spec: SweepSpec, out: Path, *, executor: str = "local", jobs: int 
         rows.append(r | _cluster_columns(point, spec.prices))
     df = frame(rows, keys)
     files = list(write_table(df, out)) if rows else []
+    if not rows:  # nothing finished: no table, and none left from an older run
+        for stale in ("sweep.parquet", "sweep.csv"):
+            (out / stale).unlink(missing_ok=True)
     if failures:
         files.append(write_failures(failures, points, out))
     else:
