@@ -11,20 +11,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 from test_queueing import textbook
 
+from sim import app
 from sim.cli import main
+from sim.fidelity.score import overload_verdict
+from sim.outcome import COMPLETED
 from sim.sweep.cache import TaskCache
 from sim.sweep.capacity import CapacitySpec, run_search, start
 from sim.sweep.capacity_report import recommendations, sentences
 from sim.sweep.executors import InProcess
 from sim.sweep.slo import parse_slos
+from sim.sweep.tasks import stability
 
 import queueing_theory as qt
-from conftest import write_scenario
+from conftest import scenario_dict, write_scenario
 
 
 def erlang_c_capacity(target_s: float, c: int = 1, mu: float = 1.0) -> float:
@@ -95,3 +100,24 @@ def test_bad_input_is_one_line_and_exit_2(args, expected, tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("simlb: error:"), result.output
     assert expected in lines[0]
+
+
+def _requests(rate_rps: float, service_rps: float, duration_s: float = 100.0) -> dict:
+    """Synthetic records: Poisson-like even arrivals, one queue served at ``service_rps``,
+    each request then decoding for 10 s."""
+    arrival = np.arange(0.0, duration_s, 1.0 / rate_rps)
+    start = np.maximum.accumulate(np.maximum(arrival, np.arange(arrival.size) / service_rps))
+    return {"arrival_s": arrival, "first_scheduled_s": start, "finish_s": start + 10.0,
+            "status": np.full(arrival.size, COMPLETED)}
+
+
+def test_a_growing_queue_fails_stability_even_when_latency_grows_slowly(tmp_path):
+    resolved = app.load(write_scenario(tmp_path, scenario_dict(duration_s=100.0,
+                                                               warmup_s=0.0)))
+    r = _requests(10.0, 8.0)
+    e2e_rule = overload_verdict(r["arrival_s"], r["finish_s"] - r["arrival_s"], 256)
+    assert not e2e_rule.growing  # 25 s of queueing against 10 s decodes: below its yardstick
+    over = stability(resolved, r)
+    assert not over["stable"] and over["growing"] and over["queue_growth"] > 100
+    under = stability(resolved, _requests(6.0, 8.0))
+    assert under["stable"] and under["queue_growth"] == pytest.approx(0.0, abs=1.0)
