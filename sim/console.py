@@ -140,8 +140,9 @@ def comparison_table(results: Sequence[RunResult], title: str, *,
 
 def loss_notes(results: Sequence[RunResult]) -> list[str]:
     """What became of the input that was not served as given (``summary.json``'s ``input``
-    block: rows dropped, outputs capped, prompts trimmed, requests beyond the context), one
-    line each, from the first run (every strategy replays the same requests)."""
+    block: rows dropped, outputs capped, prompts trimmed, requests beyond the context, and
+    replications that replayed identical requests), one line each, from the first run (every
+    strategy replays the same requests)."""
     from sim.workload.replay import loss_lines
 
     if not results:
@@ -149,7 +150,7 @@ def loss_notes(results: Sequence[RunResult]) -> list[str]:
     accounting = results[0].summary.get("input") or {}
     if not isinstance(accounting, dict):
         return []
-    lines = loss_lines(accounting)
+    lines = loss_lines(accounting, len({r.replication for r in results}))
     return [line.replace(" will not be replayed", " were not replayed")
             .replace(" will be cut", " were cut").replace(" will be trimmed", " were trimmed")
             .replace(" and will be rejected", " and were rejected") for line in lines]

@@ -6,6 +6,11 @@ Chromium's ``--dump-dom`` gives the DOM after the load event, and its console go
 (``--enable-logging=stderr``), where any console message fails the test. A full-page screenshot
 is kept as ``tests/artifacts/report.png`` (git-ignored).
 
+A second report, of 20 strategies (16 registered strategies and four labelled round-robin
+copies on a 12-second smoke scenario), checks that many strategies stay readable: the page is
+no wider than the window (wide tables scroll inside their box), the verdict names a best
+strategy per headline metric, and its screenshot is ``tests/artifacts/report-20.png``.
+
 Skips when Chromium is absent (``.ci/run`` installs Debian's ``chromium`` where it can). Set
 ``SIMLB_BROWSER_RESULTS`` to a results folder (e.g. ``results/bursty``) to check that report
 instead of the smoke scenario's; its screenshot is ``tests/artifacts/report-<folder>.png``.
@@ -51,9 +56,10 @@ class _CheckFinder(HTMLParser):
             self.attrs = dict(attrs)
 
 
-def render_check(index: Path, profile: Path) -> dict[str, object]:
-    """Load ``index`` in Chromium; the render-check record and any console lines."""
-    done = _chromium(["--dump-dom", index.as_uri()], profile)
+def render_check(index: Path, profile: Path, width: int = 1400) -> dict[str, object]:
+    """Load ``index`` in Chromium (a ``width``-pixel window); the render-check record and any
+    console lines."""
+    done = _chromium([f"--window-size={width},2000", "--dump-dom", index.as_uri()], profile)
     assert done.returncode == 0, done.stderr[-2000:]
     finder = _CheckFinder()
     finder.feed(done.stdout)
@@ -62,6 +68,7 @@ def render_check(index: Path, profile: Path) -> dict[str, object]:
             "img_tags": finder.images,
             "broken": json.loads(attrs.get("data-broken") or "null"),
             "errors": json.loads(attrs.get("data-errors") or "null"),
+            "overflow_x": int(attrs.get("data-overflow-x") or -1),
             "console": [line for line in done.stderr.splitlines() if ":CONSOLE" in line]}
 
 
@@ -111,3 +118,46 @@ def test_render_check_catches_broken_images_and_fetches(report: tuple[Path, str]
     assert check["status"] == "failed"
     assert {"broken-one", "remote-one"} <= set(check["broken"])  # type: ignore[arg-type]
     assert any("content policy" in e for e in check["errors"])  # type: ignore[union-attr]
+
+
+#: the 20-strategy report: 16 registered strategies and four labelled round-robin copies
+TWENTY = ["round_robin", "random", "least_loaded", "power_of_two", "jsq", "least_kv",
+          "least_work", "cache_locality", "consistent_hash", "dynamo_kv", "llm_d",
+          "sglang_cache_aware", "token_aware", "session_affinity", "hash", "dynamic"]
+
+
+@pytest.fixture(scope="module")
+def twenty(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report of 20 strategies x 2 replications of a 12-second smoke scenario."""
+    import yaml
+    from test_report_build import SMOKE
+
+    from sim import app
+
+    root = tmp_path_factory.mktemp("twenty")
+    raw = yaml.safe_load(SMOKE.read_text(encoding="utf-8"))
+    raw.update(name="twenty", duration_s=12, warmup_s=2, replications=2)
+    raw["router"]["strategies"] = [{"name": n} for n in TWENTY] + [
+        {"name": "round_robin", "label": f"rr{i}"} for i in range(1, 5)]
+    scenario = root / "twenty.yaml"
+    scenario.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    app.run_all(app.load(scenario), root / "out", keep_records=False)
+    return build_report([root / "out" / "twenty"], root / "report")
+
+
+def test_twenty_strategies_render_and_fit_the_window(twenty: Path, tmp_path: Path) -> None:
+    """With 20 strategies every figure loads, nothing errors, the page does not overflow a
+    1400-pixel window, and a screenshot is kept (tests/artifacts/report-20.png)."""
+    check = render_check(twenty, tmp_path / "profile")
+    assert check["status"] == "ok", check
+    assert check["overflow_x"] == 0, check
+    html = twenty.read_text(encoding="utf-8")
+    assert html.count('class="verdict"') == 1 and "is best on" in html
+    assert all(f">{name}<" in html or f">{name} <" in html for name in ("rr4", "dynamic"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report-20.png"
+    shot.unlink(missing_ok=True)
+    done = _chromium(["--hide-scrollbars", "--window-size=1400,2000", f"--screenshot={shot}",
+                      twenty.as_uri()], tmp_path / "profile")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

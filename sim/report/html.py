@@ -85,6 +85,9 @@ class Section:
     diffs: list[dict[str, Any]]
     winners: list[tuple[str, str]]
     figures: list[FigureOut]
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+    overall: str = ""
+    identical: bool = False
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -153,27 +156,99 @@ def scenario_brief(runs: Runs, result_set: str) -> list[tuple[str, str]]:
               f"{'on' if g.get('prefix_caching', True) else 'off'}"
               for g in cfg["cluster"]["node_groups"]]
     wl = cfg["workload"]
+    accounting = input_block(set_runs)
     workload = "; ".join(f"{k}: {_component(wl[k])}" for k in
                          ("arrivals", "prompt_tokens", "output_tokens", "prefixes", "sessions")
                          if wl.get(k))
+    if wl.get("trace"):
+        workload = trace_line(wl["trace"], accounting)
     slo = ", ".join(f"{k.removesuffix('_s').upper()} ≤ {v:g} s"
                     for k, v in (cfg.get("slo") or {}).items() if v is not None) or "none"
     seeds = sorted({r.seed for r in set_runs.runs})
     offered = set_runs.summaries["throughput.offered_rps"].mean()
     metrics = cfg.get("metrics") or {}
-    return [
+    seeds_text = f"{len(seeds)} replication(s): {', '.join(map(str, seeds))}"
+    if len(seeds) > 1 and replications_identical(set_runs):
+        seeds_text += (f"; n=1: replications identical: the trace replays the same requests, "
+                       f"so only seed {seeds[0]} is shown and no interval is drawn; add "
+                       f"jitter_within_s: auto")
+    rows = [
         ("scenario", f"{cfg['name']}: {cfg.get('description', '')}".strip()),
         ("nodes", "; ".join(groups)),
         ("workload", workload),
+    ]
+    if accounting:
+        rows.append(("input", input_line(accounting)))
+    return [
+        *rows,
         ("offered load (measured)", f"{offered:.3g} req/s"),
         ("SLOs", slo),
         ("duration", f"{cfg['duration_s']:g} s; measured window [{cfg.get('warmup_s', 0):g}, "
                      f"{cfg['duration_s']:g}) s; drain up to {cfg.get('drain_timeout_s', 0):g} s"),
-        ("seeds", f"{len(seeds)} replication(s): {', '.join(map(str, seeds))}"),
+        ("seeds", seeds_text),
         ("router", f"telemetry every {cfg['router'].get('telemetry_interval_s', 0):g} s; "
                    f"strategies: {', '.join(set_runs.strategies)}"),
-        ("balance grade on", f"{metrics.get('grade_on', 'busy')} (CV across nodes)"),
+        ("balance grade on", f"{metrics.get('grade_on', 'busy')} (CV across nodes), folded "
+                             "with the herding grade: the worse of the two"),
     ]
+
+
+def input_block(runs: Runs) -> dict[str, Any]:
+    """The ``input`` block of the first run's summary (every strategy of a replication
+    replays the same requests); empty for results written before it existed."""
+    for run in runs.runs:
+        block = run.summary.get("input")
+        if isinstance(block, dict) and block:
+            return block
+    return {}
+
+
+def replications_identical(runs: Runs) -> bool:
+    """Whether the runs' replications replayed identical requests (a trace without jitter):
+    then replications are one run repeated, and the report shows n=1."""
+    return any(bool((r.summary.get("input") or {}).get("replications_identical"))
+               for r in runs.runs)
+
+
+def trace_line(trace: dict[str, Any], accounting: dict[str, Any]) -> str:
+    """The workload row of a trace replay: format, file, rows, what was replayed."""
+    fmt = accounting.get("format") or trace.get("format", "?")
+    text = f"trace ({fmt}) {trace.get('path', '')}"
+    if accounting:
+        text += (f": {accounting.get('trace_rows', 0):,} rows, "
+                 f"{accounting.get('replayed', 0):,} requests replayed, "
+                 f"{accounting.get('dropped_total', 0):,} dropped, "
+                 f"{accounting.get('over_context', 0):,} beyond the context")
+    options = [f"{k} {trace[k]}" for k in ("output_cap", "over_context", "time_scale",
+                                            "target_rate_rps", "prompt_scale", "jitter_within_s",
+                                            "loop") if trace.get(k) not in (None, False)]
+    return text + (f"; {', '.join(options)}" if options else "")
+
+
+def input_line(block: dict[str, Any]) -> str:
+    """What became of the input, in words: rows, drops by reason, caps, trims, rejections."""
+    parts = []
+    if block.get("kind") == "trace":
+        parts.append(f"{block.get('trace_rows', 0):,} trace rows, "
+                     f"{block.get('replayed', 0):,} requests replayed")
+    else:
+        parts.append(f"{block.get('replayed', 0):,} requests generated")
+    dropped = {k: v for k, v in (block.get("dropped") or {}).items() if v}
+    if dropped:
+        parts.append(f"{sum(dropped.values()):,} dropped ("
+                     + ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in dropped.items())
+                     + ")")
+    else:
+        parts.append("none dropped")
+    if block.get("capped"):
+        parts.append(f"{block['capped']:,} outputs cut to output_cap {block.get('output_cap')}")
+    if block.get("trimmed"):
+        parts.append(f"{block['trimmed']:,} prompts trimmed to fit the context")
+    if block.get("over_context"):
+        parts.append(f"{block['over_context']:,} requests beyond the "
+                     f"{block.get('context_tokens') or 0:,}-token context (rejected by the "
+                     f"nodes)")
+    return "; ".join(parts)
 
 
 def _figure(name: str, title: str, caption: str, fig: Any) -> FigureOut:
@@ -230,13 +305,15 @@ def _time_figures(runs: Runs, strategies: list[str], colours: dict[str, str], se
 
 def _bars(summaries: pd.DataFrame, strategies: list[str], colours: dict[str, str],
           sense: str, prefix: str) -> FigureOut:
-    keys = HEADLINE | {f"CV of {sense.replace('_', ' ')}": (f"utilization.{sense}.cv", 1.0)}
+    keys = HEADLINE | {f"CV of {sense.replace('_', ' ')}": (f"utilization.{sense}.cv", 1.0),
+                       "herding index": ("herding.index", 1.0)}
     panels = {}
     for title, (key, scale) in keys.items():
         metric = stats.Metric(key, title, scale=scale)
         rows = stats.metric_table(summaries, strategies, strategies[0], [metric])[0]
         panels[title] = rows.values
-    fig = plots.headline_bars(panels, colours)
+    lower = {t for t in keys if t.startswith(("p99", "CV", "herding"))}
+    fig = plots.headline_bars(panels, colours, ncols=3, lower=lower)
     return _figure(prefix + "headline", "Headline metrics", CAPTIONS["headline"], fig)
 
 
@@ -261,9 +338,12 @@ CAPTIONS = {
     "throughput": "Top: requests completed per second, with the offered arrival rate "
                   "(dashed grey; the same for every strategy). Bottom: output tokens "
                   "generated per second, summed over nodes.",
-    "headline": "Means over replications of the headline metrics; error bars are 95 % "
-                "t confidence intervals (shown only with two or more replications, clipped at "
-                "zero). The last panel is the CV across nodes of the graded sense of load.",
+    "headline": "Means over replications of the headline metrics, one horizontal bar per "
+                "strategy (the same order in every panel; the best bar outlined in black); "
+                "error bars are 95 % t confidence intervals (shown only with two or more "
+                "replications, clipped at zero). The last panels are the CV across nodes of "
+                "the graded sense of load and the herding index (0: every burst and second "
+                "spread as evenly as possible; 1: each sent to one node).",
     "sweep": "p99 TTFT (left) and goodput (right) against the measured offered load, one "
              "point per result set (strategies dodged slightly sideways); error bars are 95 % "
              "CIs over replications, clipped at zero. The dotted line is goodput = offered "
@@ -281,21 +361,52 @@ def _section(runs: Runs, result_set: str, colours: dict[str, str], baseline: str
     part = runs.select(result_set=result_set)
     strategies = part.strategies
     base = baseline if baseline in strategies else strategies[0]
-    summaries = part.summaries
-    rows = stats.metric_table(summaries, strategies, base)
-    table, diffs = _table_rows(rows, strategies, base, stats.grades(summaries, strategies))
     seeds = sorted({r.seed for r in part.runs})
     common = [s for s in seeds if all(part.select(strategy=x, seed=s).runs for x in strategies)]
     series_seed = (common or seeds)[0]
+    identical = len(seeds) > 1 and replications_identical(part)
+    if identical:  # the replications are one run repeated: n=1, no intervals
+        part = part.select(seed=series_seed)
+        seeds = [series_seed]
+    summaries = part.summaries
+    rows = stats.metric_table(summaries, strategies, base)
+    table, diffs = _table_rows(rows, strategies, base, stats.grades(summaries, strategies))
     sense = (part.config().get("metrics") or {}).get("grade_on", "busy")
     keys = (*WINNER_KEYS, f"utilization.{sense}.cv")
     winners = [(r.metric.label, ", ".join(r.best)) for r in rows
                if r.metric.key in keys and r.best]
+    balance = stats.Metric(f"utilization.{sense}.cv", f"balance (CV of {sense})", "", 1.0,
+                           "lower")
+    found = stats.verdicts(summaries, strategies, base,
+                           (*stats.VERDICT_METRICS, balance, stats.HERDING))
+    name, wins = stats.overall(found)
+    overall = (f"{name} is best on {wins} of {len(found)} headline metrics"
+               if name and len(strategies) > 1 else "")
     figures = [*_cdf_figures(part, strategies, colours, prefix),
                _bars(summaries, strategies, colours, sense, prefix),
                *_time_figures(part, strategies, colours, series_seed, prefix)]
     return Section(result_set, scenario_brief(runs, result_set), strategies, base, seeds,
-                   series_seed, table, diffs, winners, figures)
+                   series_seed, table, diffs, winners, figures,
+                   [_verdict_row(v) for v in found], overall, identical)
+
+
+def _verdict_row(v: stats.Verdict) -> dict[str, Any]:
+    """A verdict as the template shows it."""
+    m = v.metric
+    unit = f" {m.unit}" if m.unit else ""
+    if not v.best:
+        return {"metric": m.label, "best": [], "value": "-", "against": "", "test": "",
+                "why": v.why}
+    against = ""
+    if v.runner_up:
+        d = v.diff
+        against = (f"{v.runner_up}: {'+' if d.mean > 0 else ''}{_fmt(d.mean)}{unit}"
+                   + (f" ± {_fmt(d.half_width, 2)}" if d.has_ci else ""))
+    test = {"significant": f"significant (paired, n={v.diff.n})",
+            "not significant": f"not significant (paired, n={v.diff.n})",
+            "untested": "untested: one replication"}.get(v.test, "")
+    return {"metric": m.label, "best": list(v.best), "value": f"{_cell(v.value)}{unit}",
+            "against": against, "test": test, "cls": v.test.replace(" ", "-"), "why": v.why}
 
 
 def _sweep_figures(runs: Runs, colours: dict[str, str]) -> tuple[list[FigureOut], pd.DataFrame]:

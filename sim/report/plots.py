@@ -10,7 +10,7 @@ screen. One function per figure type; each takes tidy pandas tables (columns ``s
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,9 +19,14 @@ from matplotlib.figure import Figure
 
 from sim.report.stats import Estimate
 
-#: Okabe-Ito colour-blind-safe palette (yellow last: weak on white), then tab10's extra hues
+#: Okabe-Ito colour-blind-safe palette (yellow last: weak on white), then tab10's extra hues,
+#: then tab20's light and dark variants, so 24 strategies get distinct colours
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000",
-           "#8C564B", "#7F7F7F", "#BCBD22", "#F0E442", "#17BECF")
+           "#8C564B", "#7F7F7F", "#BCBD22", "#F0E442", "#17BECF",
+           "#393B79", "#9C9EDE", "#637939", "#B5CF6B", "#8C6D31", "#E7BA52", "#843C39",
+           "#E7969C", "#7B4173", "#CE6DBD", "#3182BD", "#FD8D3C")
+#: from this many strategies, line figures become small multiples and legends get columns
+MANY = 9
 TITLE_PT, LABEL_PT, TICK_PT, LEGEND_PT = 12, 11, 10, 9
 #: points per CDF line (quantiles), enough for a smooth curve and small SVG files
 CDF_POINTS = 1500
@@ -29,7 +34,7 @@ Window = tuple[float, float]
 
 
 def strategy_colours(strategies: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per strategy, in order (the palette repeats beyond 12 strategies)."""
+    """A fixed colour per strategy, in order (the palette repeats beyond 24 strategies)."""
     return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(strategies)}
 
 
@@ -64,14 +69,16 @@ def _shade_window(ax: Axes, window: Window, end_s: float) -> None:
     ax.set_xlim(0, end_s)
 
 
-def _legend(ax: Axes, **kwargs: object) -> None:
-    ax.legend(fontsize=LEGEND_PT, frameon=False, **kwargs)  # type: ignore[arg-type]
-
-
 def _side_legend(fig: Figure, ax: Axes) -> None:
-    """One legend for the whole figure, right of the plots (never over the data)."""
+    """One legend for the whole figure, outside the plots (never over the data): right of
+    them, or below them in columns when there are many entries."""
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=LEGEND_PT, frameon=False)
+    if len(labels) < MANY + 3:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=LEGEND_PT,
+                   frameon=False)
+    else:
+        fig.legend(handles, labels, loc="outside lower center", fontsize=LEGEND_PT,
+                   frameon=False, ncols=min(6, -(-len(labels) // 2)))
 
 
 def latency_cdf(samples: Mapping[str, np.ndarray], colours: Mapping[str, str], *,
@@ -84,6 +91,8 @@ def latency_cdf(samples: Mapping[str, np.ndarray], colours: Mapping[str, str], *
         what: the latency's name, e.g. "TTFT".
         slo_s: the SLO, drawn as a dashed vertical line when given.
     """
+    if len(samples) >= MANY:
+        return _tail_multiples(samples, colours, what=what, slo_s=slo_s)
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     left, right = fig.subplots(1, 2)
     q = np.linspace(0.0, 1.0, CDF_POINTS)
@@ -105,7 +114,47 @@ def latency_cdf(samples: Mapping[str, np.ndarray], colours: Mapping[str, str], *
     _style(left, f"{what} (s, log scale)", "fraction of requests ≤ x", f"{what}: CDF")
     _style(right, f"{what} (s, log scale)", "fraction of requests > x",
            f"{what}: tail (1 − CDF)")
-    _legend(left, loc="lower right")
+    _side_legend(fig, left)
+    return fig
+
+
+def _tail_multiples(samples: Mapping[str, np.ndarray], colours: Mapping[str, str], *,
+                    what: str, slo_s: float | None, ncols: int = 5) -> Figure:
+    """Small multiples of the latency tail: one panel per strategy, its curve in colour over
+    every other strategy's in light grey, on shared log axes (readable with 20 strategies)."""
+    q = np.linspace(0.0, 1.0, CDF_POINTS)
+    curves = {}
+    for strategy, x in samples.items():
+        x = np.asarray(x, dtype=float)
+        x = x[np.isfinite(x) & (x > 0)]
+        if x.size:
+            curves[strategy] = np.quantile(x, q)
+    names = list(samples)
+    nrows = -(-len(names) // ncols)
+    fig = Figure(figsize=(2.6 * ncols, 0.4 + 2.1 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    for ax, strategy in zip(axes, names, strict=False):
+        for other, xs in curves.items():
+            if other != strategy:
+                ax.plot(xs[:-1], 1.0 - q[:-1], color="0.82", linewidth=0.8)
+        if strategy in curves:
+            ax.plot(curves[strategy][:-1], 1.0 - q[:-1], color=colours[strategy],
+                    linewidth=1.8)
+        if slo_s:
+            ax.axvline(slo_s, color="0.3", linestyle="--", linewidth=0.9)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=1e-3, top=1.0)
+        ax.set_title(strategy, fontsize=LABEL_PT - 1, color=colours[strategy],
+                     fontweight="bold")
+        ax.tick_params(labelsize=TICK_PT - 2)
+        ax.grid(True, color="0.9", linewidth=0.6)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    fig.supxlabel(f"{what} (s, log scale)", fontsize=LABEL_PT)
+    fig.supylabel("fraction of requests > x", fontsize=LABEL_PT)
+    fig.suptitle(f"{what}: tail (1 − CDF) per strategy; grey: the other strategies"
+                 + ("; dashed: SLO" if slo_s else ""), fontsize=TITLE_PT)
     return fig
 
 
@@ -122,6 +171,8 @@ def node_heatmap(load: pd.DataFrame, strategies: Sequence[str], colours: Mapping
     """
     n_nodes = int(load["node"].max()) + 1
     strip_h = 0.3 + 0.09 * min(n_nodes, 24)
+    if len(strategies) >= MANY:  # many strips: thinner, so the figure stays one screen-ish
+        strip_h = 0.25 + 0.05 * min(n_nodes, 24)
     fig = Figure(figsize=(10, 0.9 + strip_h * len(strategies)), layout="constrained")
     axes = fig.subplots(len(strategies), 1, sharex=True, squeeze=False)[:, 0]
     vmax = float(np.nanmax(load["load"])) if len(load) else 1.0
@@ -224,30 +275,45 @@ def _time_panels(fig: Figure, axes: tuple[Axes, Axes],
 
 
 def headline_bars(panels: Mapping[str, Mapping[str, Estimate]], colours: Mapping[str, str],
-                  ncols: int = 4) -> Figure:
-    """One bar panel per headline metric; error bars are 95 % CIs where defined (clipped at
-    zero: every headline metric is non-negative).
+                  ncols: int = 4, lower: Collection[str] = ()) -> Figure:
+    """Small multiples of horizontal bars, one panel per headline metric, strategies down the
+    shared y axis (readable with 20 strategies); error bars are 95 % CIs where defined
+    (clipped at zero: every headline metric is non-negative). The best bar of each panel is
+    outlined in black.
 
     Args:
         panels: panel title (with unit) -> strategy -> estimate.
         colours: strategy colours.
         ncols: panels per row.
+        lower: titles of the panels where lower is better (the others: higher).
     """
+    ncols = max(1, min(ncols, len(panels)))
     nrows = -(-len(panels) // ncols)
-    fig = Figure(figsize=(3.1 * ncols, 3.2 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    names = list(next(iter(panels.values()))) if panels else []
+    height = 0.9 + 0.24 * max(len(names), 3)
+    fig = Figure(figsize=(3.2 * ncols + 1.0, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    y = np.arange(len(names))
     for ax, (title, values) in zip(axes, panels.items(), strict=False):
-        names = list(values)
-        means = [values[s].mean for s in names]
-        has_ci = any(values[s].has_ci for s in names)
-        high = np.array([values[s].half_width if values[s].has_ci else 0.0 for s in names])
-        low = np.minimum(high, np.maximum(means, 0.0))  # the metrics are never negative
-        ax.bar(range(len(names)), means, color=[colours[s] for s in names],
-               yerr=np.vstack([low, high]) if has_ci else None, capsize=3,
-               error_kw={"linewidth": 1.0})
-        ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
+        means = np.array([values[s].mean if s in values else np.nan for s in names])
+        has_ci = any(values[s].has_ci for s in values)
+        high = np.array([values[s].half_width if s in values and values[s].has_ci else 0.0
+                         for s in names])
+        low = np.minimum(high, np.maximum(np.nan_to_num(means), 0.0))
+        bars = ax.barh(y, np.nan_to_num(means), color=[colours[s] for s in names],
+                       xerr=np.vstack([low, high]) if has_ci else None, capsize=2,
+                       error_kw={"linewidth": 0.9}, height=0.72)
+        finite = np.isfinite(means)
+        if finite.sum() > 1 and np.nanmax(means) > np.nanmin(means):
+            best = int(np.nanargmin(means) if title in lower else np.nanargmax(means))
+            bars[best].set_edgecolor("black")
+            bars[best].set_linewidth(1.4)
         _style(ax, "", "", title)
-        ax.grid(False, axis="x")
+        ax.grid(False, axis="y")
+        ax.set_yticks(y, names)
+        if ax is axes[0]:
+            ax.invert_yaxis()  # first strategy on top (shared by every panel)
+        ax.tick_params(axis="y", labelsize=TICK_PT - (1 if len(names) > 12 else 0))
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     return fig
@@ -281,6 +347,5 @@ def load_sweep(sweep: pd.DataFrame, strategies: Sequence[str],
         ax.set_ylim(bottom=0)
     _style(left, "offered load (req/s)", "p99 TTFT (ms)", "p99 TTFT against load")
     _style(right, "offered load (req/s)", "goodput (req/s)", "Goodput against load")
-    _legend(left, loc="upper left")
-    _legend(right, loc="upper left")
+    _side_legend(fig, right)
     return fig

@@ -116,6 +116,7 @@ def _metrics() -> tuple[Metric, ...]:
         rows += [Metric(f"utilization.{sense}.cv", f"CV {sense}", "", 1.0, "lower", "balance"),
                  Metric(f"utilization.{sense}.imbalance", f"imbalance {sense}", "", 1.0,
                         "lower", "balance")]
+    rows += [Metric("herding.index", "herding index", "", 1.0, "lower", "balance")]
     rows += [
         Metric("cache.hit_rate", "cache hit rate", "%", pct, "higher", "cache"),
         Metric("preemptions.total", "preemptions", "", 1.0, "lower", "cache"),
@@ -266,3 +267,143 @@ def rate_over_time(times_s: pd.Series, group: pd.Series, bucket_s: float,
                                   "value": counts / bucket_s}))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
         columns=["strategy", "t_s", "value"])
+
+
+# --- the verdict: the best strategy per headline metric, tested and explained ---------------
+
+#: headline metrics of the verdict (the balance row is added per result set: the CV of the
+#: graded sense of load)
+VERDICT_METRICS = (
+    Metric("latency_s.ttft.p99", "p99 TTFT", "ms", 1000.0, "lower"),
+    Metric("latency_s.tpot.p99", "p99 TPOT", "ms", 1000.0, "lower"),
+    Metric("throughput.goodput_rps", "goodput", "req/s", 1.0, "higher"),
+    Metric("slo.attainment.all", "SLO attainment", "%", 100.0, "higher"),
+    Metric("cache.hit_rate", "cache hit rate", "%", 100.0, "higher"),
+)
+HERDING = Metric("herding.index", "herding index", "", 1.0, "lower")
+
+#: the figures a verdict's sentence may cite: metric, short name, how a change is worded
+#: ("pct": relative to the reference, "points": percentage points, "abs": plain difference)
+DRIVERS = (
+    (Metric("cache.hit_rate", "cache hits", "%", 100.0, "higher"), "points"),
+    (Metric("latency_s.ttft.p99", "TTFT p99", "ms", 1000.0, "lower"), "pct"),
+    (Metric("latency_s.tpot.p99", "TPOT p99", "ms", 1000.0, "lower"), "pct"),
+    (Metric("throughput.goodput_rps", "goodput", "req/s", 1.0, "higher"), "pct"),
+    (Metric("slo.attainment.all", "SLO attainment", "%", 100.0, "higher"), "points"),
+    (Metric("herding.index", "herding", "", 1.0, "lower"), "abs"),
+    (Metric("preemptions.total", "preemptions", "", 1.0, "lower"), "pct"),
+)
+#: a change is worth citing from this size: 5 % relative, 2 points, 0.05 of herding index
+NOTABLE = {"pct": 5.0, "points": 2.0, "abs": 0.05}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The best strategy on one headline metric.
+
+    Attributes:
+        metric: the metric.
+        best: the strategies with the best mean (ties: several; none when all are equal).
+        value: the best strategy's estimate.
+        runner_up: the strategy with the next-best mean ("" with one strategy or a tie).
+        diff: best minus runner-up, paired by seed.
+        test: "significant", "not significant" or "untested" (one replication).
+        why: one sentence: how the best differs from the reference strategy.
+    """
+
+    metric: Metric
+    best: tuple[str, ...]
+    value: Estimate
+    runner_up: str
+    diff: Estimate
+    test: str
+    why: str
+
+
+def _change(metric: Metric, kind: str, values: Mapping[int, float],
+            reference: Mapping[int, float]) -> tuple[float, str] | None:
+    """The paired change of ``values`` against ``reference`` as (size on the NOTABLE scale,
+    words), or None without common seeds."""
+    d = paired_difference(values, reference)
+    base = mean_ci([reference[s] for s in values if s in reference])
+    if d.n == 0 or not math.isfinite(d.mean):
+        return None
+    if kind == "pct":
+        if not math.isfinite(base.mean) or is_tie(base.mean, 0.0):
+            return None
+        pct = 100.0 * d.mean / abs(base.mean)
+        return abs(pct), f"{metric.label} {pct:+.{0 if abs(pct) >= 9.5 else 1}f} %"
+    if kind == "points":
+        return abs(d.mean), f"{metric.label} {d.mean:+.1f} points"
+    return abs(d.mean), f"{metric.label} {d.mean:+.2f}"
+
+
+def explain(summaries: pd.DataFrame, best: str, reference: str, first: Metric | None = None,
+            limit: int = 3) -> str:
+    """One sentence: the paired changes of ``best`` against ``reference``: the verdict's own
+    metric first (whatever its size), then the largest notable others (``NOTABLE``), e.g.
+    "cache hits +23.0 points, TTFT p99 -40 % vs round_robin"."""
+    parts: list[tuple[float, str]] = []
+    own = None
+    for metric, kind in DRIVERS:
+        got = _change(metric, kind, _by_seed(summaries, best, metric),
+                      _by_seed(summaries, reference, metric))
+        if got is None or is_tie(got[0], 0.0):
+            continue
+        if first is not None and metric.key == first.key:
+            own = got  # the verdict's own metric is always cited
+        elif got[0] >= NOTABLE[kind]:
+            parts.append(got)
+    parts.sort(key=lambda p: -p[0] / NOTABLE["pct"])
+    chosen = ([own] if own else []) + parts[: limit - (1 if own else 0)]
+    if not chosen:
+        return f"within 5 % (2 points) of {reference} on every headline figure"
+    return ", ".join(text.replace("-", "\u2212") for _, text in chosen) + f" vs {reference}"
+
+
+def verdicts(summaries: pd.DataFrame, strategies: Sequence[str], baseline: str,
+             metrics: Sequence[Metric]) -> list[Verdict]:
+    """The best strategy per metric, tested against the runner-up by the paired difference
+    over replications, with a sentence why (against ``baseline``, or against the runner-up
+    when the best is the baseline)."""
+    out = []
+    for metric in metrics:
+        per_seed = {s: _by_seed(summaries, s, metric) for s in strategies}
+        values = {s: mean_ci(list(v.values())) for s, v in per_seed.items()}
+        best = _best(values, metric.better)
+        finite = [s for s in strategies if math.isfinite(values[s].mean)]
+        if not best:
+            out.append(Verdict(metric, (), Estimate(math.nan, math.nan, 0), "",
+                               Estimate(math.nan, math.nan, 0), "",
+                               "every strategy has the same value" if finite else "no data"))
+            continue
+        sign = 1.0 if metric.better == "lower" else -1.0
+        rest = sorted((s for s in finite if s not in best),
+                      key=lambda s: sign * values[s].mean)
+        top = best[0]
+        runner = rest[0] if rest else ""
+        diff = (paired_difference(per_seed[top], per_seed[runner]) if runner
+                else Estimate(math.nan, math.nan, 0))
+        if not runner:
+            test = ""
+        elif not diff.has_ci:
+            test = "untested"
+        else:
+            test = "significant" if diff.is_significant else "not significant"
+        reference = baseline if top != baseline else runner
+        why = explain(summaries, top, reference, metric) if reference else ""
+        out.append(Verdict(metric, best, values[top], runner, diff, test, why))
+    return out
+
+
+def overall(found: Sequence[Verdict]) -> tuple[str, int]:
+    """The strategy best on the most verdict metrics (first in order on a tie) and on how
+    many; ``("", 0)`` without any."""
+    wins: dict[str, int] = {}
+    for v in found:
+        for s in v.best:
+            wins[s] = wins.get(s, 0) + 1
+    if not wins:
+        return "", 0
+    name = max(wins, key=lambda s: wins[s])
+    return name, wins[name]
