@@ -145,6 +145,7 @@ def twenty(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_report([root / "out" / "twenty"], root / "report")
 
 
+@pytest.mark.slow
 def test_twenty_strategies_render_and_fit_the_window(twenty: Path, tmp_path: Path) -> None:
     """With 20 strategies every figure loads, nothing errors, the page does not overflow a
     1400-pixel window, and a screenshot is kept (tests/artifacts/report-20.png)."""
