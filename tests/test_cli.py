@@ -262,6 +262,7 @@ def test_python_m_sim_exit_code_and_single_stderr_line(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_run_with_report_writes_the_html_report(tmp_path):
     """--report builds the report of the runs it just made, beside them."""
     path = write_scenario(tmp_path, scenario_dict(duration_s=20.0, warmup_s=2.0))

@@ -102,7 +102,7 @@ def test_hang_detected_by_health_checks_and_stalls_time_out(tmp_path: Path) -> N
     timeout and are retried elsewhere."""
     raw = faulty(faults={"scheduled": [crash(2, 10.0, 20.0, "hang")]})
     raw["router"]["health"] = {"interval_s": 2.0, "timeout_s": 0.5, "unhealthy_threshold": 2,
-                               "consecutive_errors": None}
+                               "consecutive_errors": 0}
     raw["router"]["retries"] = {"max_retries": 2, "stall_timeout_s": 3.0}
     result = run_one(tmp_path, raw)
     el = check_books(result)
@@ -172,6 +172,7 @@ def test_cache_aware_router_loses_the_dead_nodes_entries(tmp_path: Path) -> None
     check_books(result)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(events=st.lists(st.tuples(st.integers(0, 2), st.floats(0.0, 19.9), st.floats(0.1, 8.0),
                                  st.sampled_from(["crash", "hang", "drain"]),

@@ -81,6 +81,7 @@ def test_overrides_reach_the_cost_model() -> None:
         replay(run, PROFILE, ["cost_model.params.no_such_param=1"])
 
 
+@pytest.mark.slow
 def test_cli_table_json_and_report(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = fidelity(FIX, "--profile", PROFILE, "--out", out, "--report")

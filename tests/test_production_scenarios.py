@@ -52,6 +52,7 @@ def mean_max_waiting(result: RunResult, n_nodes: int, start_s: float, end_s: flo
     return float(per_node.max(axis=0).mean())
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_cache_aware_routers_beat_round_robin_on_the_mooncake_trace(shared_dir):
     """On 1,200 requests of Mooncake's synthetic trace over 8 nodes, every cache-aware router
@@ -92,6 +93,7 @@ def test_precise_knowledge_without_kv_events_is_a_one_line_scenario_error():
         simulate(resolved, resolved.strategies[0], 0, workload_for(resolved, 0))
 
 
+@pytest.mark.slow
 def test_stale_telemetry_herds_least_loaded_but_not_power_of_two():
     """With 1 s old metrics, jsq and least_kv send each second's arrivals to one node: the
     longest queue is several times power of two's and p99 TTFT three times worse; SMG's
@@ -109,6 +111,7 @@ def test_stale_telemetry_herds_least_loaded_but_not_power_of_two():
     assert ttft_p99(results["least_work"]) < ttft_p99(results["jsq"]) / 3
 
 
+@pytest.mark.slow
 def test_router_replicas_lose_cache_affinity_and_step_in_lockstep():
     """Four replicas instead of one: SGLang's per-replica trees send a prefix to several
     nodes (lower hit rate), and round robin replicas move in lockstep (worse p99 TTFT)."""

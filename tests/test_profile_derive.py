@@ -192,6 +192,7 @@ def test_cli_writes_a_profile_and_refuses_bad_input(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("simlb: error: engine 'vllm==9.9'")
 
 
+@pytest.mark.slow
 @needs_aic
 def test_regenerating_gives_the_shipped_files(tmp_path: Path, shared_dir: Path) -> None:
     """``python -m sim.calibration.aic --all`` reproduces every shipped *-aic file byte for

@@ -68,18 +68,21 @@ def assert_matches(samples: np.ndarray, theory: float, rel: float = 0.05) -> Non
     assert abs(mean - theory) / theory < rel, (mean, theory)
 
 
+@pytest.mark.slow
 def test_random_dispatch_is_independent_mm1_queues(tmp_path):
     """Random dispatch over 4 exponential servers at rho 0.7: E[T] = 1/(mu - lambda)."""
     means = sojourn_means(tmp_path, textbook(2.8, 4, ["random"]), replications=6)
     assert_matches(means["random"], qt.mm1_sojourn(0.7))
 
 
+@pytest.mark.slow
 def test_round_robin_is_erlang_c_arrivals_to_each_server(tmp_path):
     """Round robin over 4 exponential servers at rho 0.8 is E_4/M/1 at each server."""
     means = sojourn_means(tmp_path, textbook(3.2, 4, ["round_robin"]), replications=6)
     assert_matches(means["round_robin"], qt.round_robin_sojourn(4, 0.8))
 
 
+@pytest.mark.slow
 def test_deterministic_service_is_md1(tmp_path):
     """Fixed service time at rho 0.8 on one node: Pollaczek-Khinchine, E[T] = 3."""
     raw = textbook(0.8, 1, ["round_robin"], fixed=True, duration_s=15_000.0)
@@ -87,6 +90,7 @@ def test_deterministic_service_is_md1(tmp_path):
     assert_matches(means["round_robin"], qt.md1_sojourn(0.8))
 
 
+@pytest.mark.slow
 def test_load_aware_dispatch_sits_between_pooled_queue_and_random(tmp_path):
     """At rho 0.8 over 4 servers: M/M/4 <= JSQ <= power-of-two <= random, and JSQ <= RR."""
     raw = textbook(3.2, 4, ["jsq", "least_loaded", "power_of_two", "round_robin", "random"],

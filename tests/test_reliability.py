@@ -233,6 +233,7 @@ def test_stale_temporary_folders_of_killed_writers_are_cleaned(tmp_path: Path) -
     assert sorted(p.name for p in out.iterdir()) == ["seed-1", "seed-2", "seed-3"]
 
 
+@pytest.mark.slow
 def test_two_runs_racing_for_one_out_never_replace_each_other(tmp_path: Path) -> None:
     """Runs started together on the same --out: exactly one writes the results; the others
     exit 2 with one line (refused at start or at the final rename)."""
@@ -288,6 +289,7 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
 def test_workers_die_with_their_parent(tmp_path: Path, sig: str) -> None:

@@ -84,6 +84,7 @@ def test_runs_table_has_one_row_per_run(report: Path) -> None:
     assert "latency_s.ttft.p99" in lines[0]
 
 
+@pytest.mark.slow
 def test_load_sweep_figure_from_two_offered_loads(
         tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Two result sets of one scenario at different loads give the sweep figure; the

@@ -136,6 +136,7 @@ def test_local_processes_give_the_same_bytes_as_one_process(tmp_path):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_ray_gives_the_same_bytes_as_local(tmp_path):
     pytest.importorskip("ray")
     spec = small_spec(replications=1)
@@ -151,6 +152,7 @@ def _sweep_cli(out: Path, points: int) -> list[str]:
             "round_robin", "-j", "1", "--quiet", "--no-report", "--out", str(out)]
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_without_recomputing_finished_runs(tmp_path):
     out, points = tmp_path / "sweep", 30
     proc = subprocess.Popen(_sweep_cli(out, points), stdout=subprocess.PIPE,
