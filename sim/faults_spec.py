@@ -99,18 +99,18 @@ class FaultsSpec(StrictModel):
 class HealthSpec(StrictModel):
     """How the router notices failed nodes (used when faults or autoscaling are set)."""
 
-    interval_s: float | None = Field(10.0, gt=0, le=1e6, description="active health-check "
-                                     "period; null: no active checks")
+    interval_s: float | None = Field(10.0, ge=0, le=1e6, description="active health-check "
+                                     "period; 0 or null: no active checks")
     timeout_s: float = Field(1.0, gt=0, le=1e6, description="a check a hung node does not "
                                                             "answer fails after this long")
     unhealthy_threshold: int = Field(3, ge=1, le=1000, description="failed checks in a row "
                                                                   "that mark a node down")
     healthy_threshold: int = Field(1, ge=1, le=1000, description="passed checks in a row "
                                                                 "that mark it up again")
-    consecutive_errors: int | None = Field(5, ge=1, le=1_000_000, description="failed "
+    consecutive_errors: int | None = Field(5, ge=0, le=1_000_000, description="failed "
                                            "requests to a node (resets, refused connections, "
                                            "timeouts) that eject it (passive detection); "
-                                           "null: no passive detection")
+                                           "0 or null: no passive detection")
     ejection_s: float = Field(30.0, gt=0, le=1e6, description="how long a passively ejected "
                                                               "node is skipped")
 

@@ -7,9 +7,13 @@ Definitions (``summary.json`` -> ``elasticity``; *measured*: arriving in the mea
   the admission policy's or the request's doing, unfinished ones have no verdict yet).
 * ``slo_met_share``: the share of measured arrivals (rejected excluded) that completed *and*
   met every SLO; failed and unfinished requests count as misses. Split by arrival time:
-  ``before`` the first failure, ``during`` an outage (from a failure to the node serving
-  again), ``after`` (the ``AFTER_S`` seconds following an outage, outside any outage) and
+  ``during`` an outage (the request was in the system at some time between a failure and the
+  node serving again: it arrived before the outage ended and left after it began; the
+  requests a crash loses count here), ``before`` (the others that arrived before the first
+  failure), ``after`` (arriving in the ``AFTER_S`` seconds after an outage, outside any) and
   ``all``. None when no request falls in the split.
+* ``cache_hit_rate``: prefix-cache hit rate (cached / prompt tokens of scheduled requests) in
+  the same splits: what a restart that empties a node's cache costs.
 * ``detection``: per failure, ``detect_delay_s`` = when the router first took the node out of
   routing (an active check, passive ejection, or the control plane for a drain) minus the
   failure time; NaN when it never noticed (the node came back first).
@@ -67,19 +71,39 @@ def slo_shares(req: dict[str, np.ndarray], slo: dict[str, float | None],
                window_s: tuple[float, float], windows: list[tuple[float, float]]
                ) -> dict[str, float | None]:
     """``slo_met_share`` split by arrival time (see the module docstring)."""
+    met = slo_met(req, slo)
+    return {key: _share(met, rows) for key, rows in split_masks(req, window_s, windows).items()}
+
+
+def split_masks(req: dict[str, np.ndarray], window_s: tuple[float, float],
+                windows: list[tuple[float, float]]) -> dict[str, np.ndarray]:
+    """Measured, non-rejected arrivals split as in ``slo_met_share``."""
     arrival = req["arrival_s"]
     a, b = window_s
     counted = (arrival >= a) & (arrival < b) & (req["status"] != REJECTED)
-    met = slo_met(req, slo)
+    left = np.where(np.isnan(req["finish_s"]), math.inf, req["finish_s"])
     during = np.zeros(arrival.size, dtype=bool)
     after = np.zeros(arrival.size, dtype=bool)
     for start, end in windows:
-        during |= (arrival >= start) & (arrival < end)
+        during |= (arrival < end) & (left >= start)
         after |= (arrival >= end) & (arrival < end + AFTER_S)
     after &= ~during
     first = windows[0][0] if windows else math.inf
-    return {"all": _share(met, counted), "before": _share(met, counted & (arrival < first)),
-            "during": _share(met, counted & during), "after": _share(met, counted & after)}
+    return {"all": counted, "before": counted & (arrival < first) & ~during,
+            "during": counted & during, "after": counted & after}
+
+
+def cache_hit_split(req: dict[str, np.ndarray], masks: dict[str, np.ndarray]
+                    ) -> dict[str, float | None]:
+    """Prefix-cache hit rate (cached / prompt tokens of the requests that were scheduled)
+    in each split of ``split_masks``."""
+    scheduled = np.isfinite(req["first_scheduled_s"])
+    out: dict[str, float | None] = {}
+    for key, rows in masks.items():
+        rows = rows & scheduled
+        prompt = int(req["prompt_tokens"][rows].sum())
+        out[key] = int(req["cached_tokens"][rows].sum()) / prompt if prompt else None
+    return out
 
 
 def provisioned_hours(log: list[tuple[float, int, bool]], n_nodes: int, gpus: np.ndarray,
@@ -129,6 +153,7 @@ def elasticity_summary(req: dict[str, np.ndarray], slo: dict[str, float | None],
     measured = (arrival >= a) & (arrival < b)
     done = int((measured & (status == COMPLETED)).sum())
     failed = int((measured & (status == FAILED)).sum())
+    outages = outage_windows(records, end_s)
     for r in records:
         r["detect_delay_s"] = r["detected_s"] - r["start_s"]
     delays = np.array([r["detect_delay_s"] for r in records if math.isfinite(r["detected_s"])])
@@ -136,7 +161,8 @@ def elasticity_summary(req: dict[str, np.ndarray], slo: dict[str, float | None],
         "availability": done / (done + failed) if done + failed else None,
         "requests": {"failed": failed, "failed_total": int((status == FAILED).sum()),
                      **{k: int(v) for k, v in stats.items()}},
-        "slo_met_share": slo_shares(req, slo, window_s, outage_windows(records, end_s)),
+        "slo_met_share": slo_shares(req, slo, window_s, outages),
+        "cache_hit_rate": cache_hit_split(req, split_masks(req, window_s, outages)),
         "detection": {"failures": len(records),
                       "detected": int(delays.size),
                       "mean_s": float(delays.mean()) if delays.size else None,

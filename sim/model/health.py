@@ -87,7 +87,7 @@ class RouterHealth:
         self._failed_on: dict[int, set[int]] = {}
         router.unroutable = self._unroutable
         conditions.listeners.append(self._changed)
-        if health.interval_s is not None:
+        if health.interval_s:
             env.timeout(health.interval_s).callbacks.append(self._sweep)
         self.publish()
 
@@ -151,7 +151,7 @@ class RouterHealth:
 
     def _error(self, node: int) -> None:
         limit = self.health.consecutive_errors
-        if limit is None or node < 0:
+        if not limit or node < 0:
             return
         self._errors[node] += 1
         now = self.env.now
