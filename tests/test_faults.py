@@ -102,7 +102,7 @@ def test_hang_detected_by_health_checks_and_stalls_time_out(tmp_path: Path) -> N
     timeout and are retried elsewhere."""
     raw = faulty(faults={"scheduled": [crash(2, 10.0, 20.0, "hang")]})
     raw["router"]["health"] = {"interval_s": 2.0, "timeout_s": 0.5, "unhealthy_threshold": 2,
-                               "consecutive_errors": 0}
+                               "consecutive_errors": None}
     raw["router"]["retries"] = {"max_retries": 2, "stall_timeout_s": 3.0}
     result = run_one(tmp_path, raw)
     el = check_books(result)
