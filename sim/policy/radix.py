@@ -2,10 +2,10 @@
 
 SGLang's cache-aware router keeps one radix tree whose nodes are tagged with the workers
 ("tenants") that were sent that prefix, built only from its own routing history and pruned per
-tenant by LRU leaf eviction (``sgl-model-gateway/src/policies/tree.rs``; ``anchors/routing.md``
-§1.2). Dynamo's approximate mode (``--no-router-kv-events``: TTL 120 s, at most 2^20 blocks;
-§2.4) and llm-d's approximate prefix producer (a per-server LRU of chained block hashes sized
-to the server's KV blocks; §3.4) keep the same information.
+tenant by LRU leaf eviction (``sgl-model-gateway/src/policies/tree.rs``). Dynamo's
+approximate mode (``--no-router-kv-events``: TTL 120 s, at most 2^20 blocks) and llm-d's
+approximate prefix producer (``requestcontrol/dataproducer/approximateprefix``: a per-server LRU
+of chained block hashes sized to the server's KV blocks) keep the same information.
 
 Here a prompt is a list of **chained block ids** (``ClusterView.prompt_block_ids``): block ``j``'s
 id determines blocks ``0..j`` too, exactly like vLLM's or llm-d's chained block hashes. A trie

@@ -19,10 +19,10 @@ from sim.policy.base import (
 from sim.policy.radix import CacheKnowledge, PrefixIndex, reported_matches
 
 #: SGLang counts its tree in characters; about 4 characters make a token (llm-d's and SGLang's
-#: own rule of thumb, ``anchors/routing.md`` §3.4)
+#: own rule of thumb)
 CHARS_PER_TOKEN = 4
 
-#: the two default sets (``anchors/routing.md`` §1.2 table): the Python CLI ``RouterArgs``
+#: the two default sets: the Python CLI ``RouterArgs``
 #: (sglang @ 6614f984, what ``python -m sglang_router`` users get) and the Rust
 #: ``CacheAwareConfig::default()`` (sglang @ 0edb07a1, smg @ 56ad2018)
 DEFAULTS: dict[str, dict[str, float]] = {
