@@ -50,10 +50,16 @@ DYNAMIC_CASES = [
 ]
 
 
-@pytest.mark.parametrize("params", LLM_D_CASES)
-def test_llm_d_preset_assigns_every_request_as_llm_d(params):
+#: a node crash early in the trace, noticed by fast health checks (both strategies forget it)
+CRASH = ["faults={scheduled: [{group: h100, node: 2, at_s: 1.5, duration_s: 1, mode: crash}], "
+         "model_load_s: 0.5}",
+         "router.health={interval_s: 0.2, timeout_s: 0.1, unhealthy_threshold: 1}"]
+
+
+@pytest.mark.parametrize(("params", "faults"), [(p, []) for p in LLM_D_CASES] + [({}, CRASH)])
+def test_llm_d_preset_assigns_every_request_as_llm_d(params, faults):
     """Same seed, same scenario: the composed preset sends each request where llm_d does."""
-    sets = ["duration_s=40"]
+    sets = ["duration_s=40", *faults]
     expected = _assignments("cache_aware.yaml", {"name": "llm_d", "params": params}, sets)
     got = _assignments("cache_aware.yaml", {"name": "composed", "params": preset_params(
         "llm_d", LlmD.Params(**params))}, sets)
@@ -144,6 +150,19 @@ def test_pickers():
     rand = composed(seed=2, scorers=[{"name": "inflight", "weight": 5}], picker={"name": "random"})
     assert set(np.unique([rand.choose(REQUEST, view) for _ in range(400)])) == {0, 1, 2, 3}
     assert set(pickers.names()) >= {"max_score", "random", "softmax"}
+
+
+def test_a_node_that_leaves_is_forgotten_by_the_prefix_scorer():
+    """on_node_down drops the node from the prefix index, as llm_d does."""
+    ids = lambda rid, bs, limit=None: [11, 12, 13, 14]  # noqa: E731
+    view = make_view(inflight=(0, 0), prompt_block_ids=ids)
+    request = RequestInfo(0, 10.0, 64, 10, -1, -1)
+    s = composed(scorers=[{"name": "prefix_cache", "weight": 1}])
+    node = s.choose(request, view)
+    prefix = s.scorers[0][0]
+    assert prefix.score(request, view, [0, 1])[node] == 1.0
+    s.on_node_down(node)
+    assert prefix.score(request, view, [0, 1]) == [0.0, 0.0]
 
 
 def test_composed_is_a_registered_strategy():
