@@ -314,28 +314,17 @@ def test_shipped_trace_scenarios_validate(path: Path) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0].startswith("# Question: ")
     assert "--set workload.trace.path=" in path.read_text(encoding="utf-8")
-    try:
-        app.load(path)
-    except ScenarioError as exc:
-        if "trace file not found" in str(exc):
-            pytest.skip("sim/build.py does not pass the scenario's folder to "
-                        "check_workload_spec(base_dir=...) yet")
-        raise
+    app.load(path)  # a relative trace path starts from the scenario's folder
 
 
 def test_shipped_scenario_runs(tmp_path: Path) -> None:
-    """scenarios/trace_azure_conv.yaml runs on its fixture (needs the base_dir call sites)."""
+    """scenarios/trace_azure_conv.yaml runs on its fixture, its relative trace path taken from
+    the scenario's folder (by validation and by the run)."""
     from sim import app
 
     path = REPO / "scenarios" / "trace_azure_conv.yaml"
-    try:
-        resolved = app.load(path, ["duration_s=20", "router.strategies=[{name: round_robin}]"])
-        results = app.run_all(resolved, tmp_path / "out")
-    except ScenarioError as exc:
-        if "trace file not found" in str(exc):
-            pytest.skip("sim/build.py and sim/runner.py do not pass the scenario's folder to "
-                        "check_workload_spec/build_workload(base_dir=...) yet")
-        raise
+    resolved = app.load(path, ["duration_s=20", "router.strategies=[{name: round_robin}]"])
+    results = app.run_all(resolved, tmp_path / "out")
     assert results[0].summary["requests"]["arrived"] > 0
 
 
