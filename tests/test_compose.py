@@ -165,5 +165,20 @@ def test_a_node_that_leaves_is_forgotten_by_the_prefix_scorer():
     assert prefix.score(request, view, [0, 1]) == [0.0, 0.0]
 
 
+def test_the_guides_example_loads_and_runs():
+    """The YAML of docs/composing.md is a valid strategy list that runs."""
+    import re
+
+    import yaml
+
+    text = (REPO / "docs" / "composing.md").read_text(encoding="utf-8")
+    example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.S).group(1))
+    spec = json.dumps(example["router"]["strategies"])
+    resolved = load(REPO / "scenarios" / "smoke.yaml", [f"router.strategies={spec}"])
+    assert resolved.strategies[0].label == "queue_and_cache"
+    result = simulate(resolved, resolved.strategies[0], 0, workload_for(resolved, 0))
+    assert (result.requests["node"] >= 0).all()
+
+
 def test_composed_is_a_registered_strategy():
     assert strategies.get("composed") is Composed
