@@ -158,7 +158,8 @@ def stats(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str 
                 **result.to_dict()}
         click.echo(json.dumps(_json_safe(body), indent=2))
         return
-    _print_stats(file, spec.format, workload.source, result)
+    _print_stats(file, spec.format, workload.source, result,
+                 _tree_line(workload, spec.hash_block_tokens))
     if plot is not None:
         click.echo(f"plot: {plot}")
 
@@ -180,6 +181,11 @@ def stats(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str 
 @click.option("--prompt-scale", type=click.FloatRange(min=0, max=1, min_open=True),
               help="Fit the twin of the trace with every prompt (shared prefixes included) "
                    "shrunk by this factor, as workload.trace.prompt_scale replays it.")
+@click.option("--conversations", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True,
+              help="Model the prefix tree's conversations (turns extending an earlier "
+                   "prompt) as multi_turn sessions: on, off, or auto (the one whose drawn "
+                   "twin misses fewer statistics).")
 @click.option("--fail-on-miss", "fail_on_miss", is_flag=True,
               help="Exit with code 1 when the twin misses a statistic of the trace by more "
                    "than its tolerance (the warnings), after writing it.")
@@ -187,7 +193,7 @@ def stats(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str 
 def fit(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str | None,
         hash_block_tokens: int, strict: bool, keep_failed: bool, zero_tokens: str, nodes: int,
         output: Path, arrivals: str, bucket_s: float | None, seed: int, no_bursts: bool,
-        target_rate_rps: float | None, prompt_scale: float | None,
+        target_rate_rps: float | None, prompt_scale: float | None, conversations: str,
         fail_on_miss: bool) -> None:
     """Write a synthetic workload block whose statistics match the trace FILE's.
 
@@ -204,7 +210,8 @@ def fit(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str | 
         block = fit_twin(workload, arrivals=arrivals, bucket_s=bucket_s,
                          block_tokens=spec.hash_block_tokens, nodes=nodes,
                          bursts=not no_bursts, target_rate_rps=target_rate_rps,
-                         prompt_scale=prompt_scale)
+                         prompt_scale=prompt_scale,
+                         conversations={"auto": None, "on": True, "off": False}[conversations])
     except ValueError as exc:
         raise InputError(str(exc), source=str(file)) from None
     reference = workload  # the trace as a scenario replays it with the same options
@@ -220,6 +227,13 @@ def fit(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str | 
     _write_twin(output, file, spec.format, block, span, _comparison_rows(original, copy),
                 warnings)
     _print_comparison(original, copy, seed)
+    tree_line = _tree_line(workload, spec.hash_block_tokens)
+    if tree_line:
+        model = ("conversations (multi_turn sessions over the prefix tree)" if "sessions" in block
+                 else "prefix groups (grouped_prefix)" if "prefixes" in block else "none")
+        conversations_text, shares = tree_line.split("; ", 1)
+        click.echo(f"prefix tree: conversations {conversations_text}; requests continuing / "
+                   f"branching / new {shares}; twin's prefixes: {model}")
     for line in warnings:
         click.echo(f"simlb: warning: {line}", err=True)
     click.echo(f"twin: {output}")
@@ -228,6 +242,20 @@ def fit(file: Path, fmt: str | None, columns: tuple[str, ...], time_unit: str | 
                    "beyond tolerance (--fail-on-miss)", err=True)
         sys.exit(1)
 
+
+
+def _tree_line(workload: Any, block_tokens: int) -> str:
+    """The trace's prefix tree in words (empty without block hashes)."""
+    import numpy as np
+
+    from sim.workload.twin import prefix_tree
+
+    if not np.any(workload.seg_key >= 0):
+        return ""
+    f = prefix_tree(workload, block_tokens).figures()
+    return (f"{f['conversations']:,}, mean {f['mean_turns']:.2f} turns (at most "
+            f"{f['max_turns']}); {f['chain_share']:.1%} / {f['branch_share']:.1%} / "
+            f"{f['root_share']:.1%}")
 
 
 #: image formats ``--plot`` writes (by the file name's extension)
@@ -296,7 +324,7 @@ def _window(key: str) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
-def _print_stats(file: Path, fmt: str, source: str, s: Any) -> None:
+def _print_stats(file: Path, fmt: str, source: str, s: Any, tree: str = "") -> None:
     from rich.table import Table
 
     table = Table(title=f"{file.name} ({fmt})", title_justify="left", show_header=False)
@@ -321,6 +349,10 @@ def _print_stats(file: Path, fmt: str, source: str, s: Any) -> None:
                   else f"{r.grid_s:g} s"),
                  ("requests arriving with another at the same instant",
                   f"{r.simultaneous_share:.1%}")]
+    if tree:
+        conversations, shares = tree.split("; ", 1)
+        rows += [("prefix tree: conversations", conversations),
+                 ("  requests continuing / branching / new", shares)]
     if s.prefix_reuse is not None:
         r = s.prefix_reuse
         rows += [(f"prefix reuse, shared cache ({r.block_tokens}-token blocks)",

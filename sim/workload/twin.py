@@ -31,9 +31,19 @@ returns the block as plain data, ready for YAML. What it models:
   cached depths (so the shared-cache reuse matches), and a Zipf popularity whose exponent
   makes the ratio of random-routing to shared-cache reuse match (expected values for Poisson
   group counts). The prompt-length table then describes each request's own content (prompt
-  minus its group's prefix for group members), so prompts keep their distribution. A
-  conversation's growing history collapses into one prefix per group, and group popularity
-  and prefix length are drawn independently.
+  minus its group's prefix for group members), so prompts keep their distribution. Group
+  popularity and prefix length are drawn independently.
+* conversations, from the prefix tree (``prefix_tree``: the prompts' blocks walked in arrival
+  order through a trie): a request *continues* an earlier one when it holds all of that
+  request's whole blocks and is longer (a conversation's next turn). When at least
+  ``MIN_CHAIN_SHARE`` of the requests do, the twin can model them as ``multi_turn`` sessions
+  (``fit_sessions``: the table of turns per conversation, the mean gap between a turn and the
+  one it continues as think time; each turn's new message is its prompt less the parent's
+  prompt and output), the arrival model fitted to the conversations' starts over the whole
+  span, and ``grouped_prefix`` fitted to the first turns only, so shared roots (a system
+  prompt every conversation opens with) stay shared roots instead of one group holding every
+  request. ``fit_twin(conversations=None)`` (the default) draws a twin with and one without
+  conversations and keeps the one with fewer ``twin_warnings`` (``choose_conversations``).
 * ``max_output_tokens``: the largest output.
 
 ``twin_warnings`` compares the statistics of a trace and of its twin against ``TOLERANCES``
@@ -46,6 +56,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,7 +66,7 @@ from sim.spec import ComponentSpec, StrictModel, build_params
 from sim.workload.arrivals import ArrivalProcess, arrivals
 from sim.workload.base import Workload
 from sim.workload.lengths import MAX_TOKENS, EmpiricalLength, LengthDistribution, lengths
-from sim.workload.prefixes import SharedPrefix, prefixes
+from sim.workload.prefixes import SharedPrefix, prefixes, take_requests
 from sim.workload.trace_stats import (
     BURST_GAP_S,
     TraceStats,
@@ -119,8 +130,11 @@ def _level_pieces(span_s: float, bucket_s: float) -> list[int]:
     return pieces
 
 
-def fit_profile(arrival_s: np.ndarray, bucket_s: float) -> dict[str, Any]:
-    """A ``piecewise`` rate profile over the span, pieces about ``bucket_s`` wide.
+def fit_profile(arrival_s: np.ndarray, bucket_s: float,
+                span_s: float | None = None) -> dict[str, Any]:
+    """A ``piecewise`` rate profile over the span (``span_s`` from the first arrival when
+    given, e.g. a trace's whole span for the starts of its conversations), pieces about
+    ``bucket_s`` wide.
 
     Observed counts carry Poisson noise, and a twin drawn from them would carry it twice. The
     profile is therefore built top-down over nested levels (whole span, 1 h, 10 min, 1 min,
@@ -133,7 +147,7 @@ def fit_profile(arrival_s: np.ndarray, bucket_s: float) -> dict[str, Any]:
     in busy pieces; measured on the Azure code sample, this keeps the peaks and dispersion.)
     """
     t = arrival_s - arrival_s[0]
-    span = float(t[-1])
+    span = float(t[-1]) if span_s is None else max(float(span_s), float(t[-1]))
     levels = _level_pieces(span, bucket_s)
     finest = levels[-1]
     counts = np.bincount(np.minimum((t / (span / finest)).astype(np.int64), finest - 1),
@@ -552,10 +566,145 @@ def fit_prefixes(w: Workload, block_tokens: int, nodes: int,
     return spec, own
 
 
+#: Conversations are modelled (``multi_turn`` sessions over the prefix tree) when at least
+#: this share of requests continues an earlier request.
+MIN_CHAIN_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class PrefixTree:
+    """The prefix tree of a request stream's prompt blocks (``prefix_tree``).
+
+    Attributes:
+        depth: per request, the leading blocks an earlier request had (the shared-cache hit
+            depth, in blocks).
+        parent: per request, the latest earlier request holding its deepest shared block
+            (``-1`` when no block is shared).
+        chain: per request, whether it continues ``parent``: it holds all of the parent's
+            whole blocks (a conversation's next turn).
+        session: per request, its conversation: the first request of its chain.
+        turn: per request, its turn in the conversation (0 for the first).
+    """
+
+    depth: np.ndarray
+    parent: np.ndarray
+    chain: np.ndarray
+    session: np.ndarray
+    turn: np.ndarray
+
+    def figures(self) -> dict[str, float]:
+        """Shares of requests that start a new root (no shared block), branch off a shared
+        prefix, or continue a conversation; conversations, their mean and largest turn
+        count, and the share of continued requests continued more than once (branching)."""
+        n = self.depth.shape[0]
+        if n == 0:
+            return {}
+        chained = self.parent[self.chain]
+        counts = np.bincount(chained, minlength=n) if chained.shape[0] else np.zeros(n, int)
+        turns = np.bincount(self.session, minlength=n)
+        turns = turns[turns > 0]
+        continued = counts > 0
+        return {"root_share": float((self.depth == 0).mean()),
+                "branch_share": float(((self.depth > 0) & ~self.chain).mean()),
+                "chain_share": float(self.chain.mean()),
+                "conversations": int(turns.shape[0]), "mean_turns": float(turns.mean()),
+                "max_turns": int(turns.max()),
+                "branching": float((counts[continued] > 1).mean()) if continued.any() else 0.0}
+
+
+def prefix_tree(w: Workload, block_tokens: int) -> PrefixTree:
+    """Walk the prompts' blocks in arrival order through a trie (block ids are chained, so
+    equal ids mean equal prefixes): each request's shared depth, the request it shares it
+    with last, and whether it continues that request (``PrefixTree``)."""
+    n = len(w)
+    request, block_id = prompt_block_ids(w, block_tokens)
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(request, minlength=n), out=ptr[1:])
+    depth = np.zeros(n, dtype=np.int64)
+    parent = np.full(n, -1, dtype=np.int64)
+    last: dict[int, int] = {}
+    ids = block_id.tolist()
+    for r in range(n):
+        row = ids[ptr[r]:ptr[r + 1]]
+        d, p = 0, -1
+        for b in row:
+            q = last.get(b) if b >= 0 else None
+            if q is None:
+                break
+            d, p = d + 1, q
+        depth[r], parent[r] = d, p
+        for b in row:
+            if b >= 0:
+                last[b] = r
+    whole = w.prompt_tokens // block_tokens
+    has = parent >= 0
+    chain = has & (depth >= np.maximum(whole[np.maximum(parent, 0)], 1)) & (
+        w.prompt_tokens > w.prompt_tokens[np.maximum(parent, 0)])
+    session = np.arange(n, dtype=np.int64)
+    turn = np.zeros(n, dtype=np.int64)
+    for r in np.flatnonzero(chain).tolist():  # parents come first: arrival order
+        session[r] = session[parent[r]]
+        turn[r] = turn[parent[r]] + 1
+    return PrefixTree(depth, parent, chain, session, turn)
+
+
+def _subset(w: Workload, index: np.ndarray) -> Workload:
+    """The requests ``index`` of ``w`` (in that order), with their segments."""
+    import dataclasses
+
+    seg_ptr, seg = take_requests(w.seg_ptr, index)
+    columns = {name: getattr(w, name)[index] for name in (
+        "arrival_s", "prompt_tokens", "output_tokens", "max_output_tokens", "session_id",
+        "prefix_group", "output_key")}
+    return dataclasses.replace(w, seg_ptr=seg_ptr, seg_key=w.seg_key[seg],
+                               seg_len=w.seg_len[seg], extra={}, **columns)
+
+
+def fit_sessions(w: Workload, tree: PrefixTree, points: int = 200,
+                 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """``multi_turn`` sessions from the tree's conversations: the turn counts' table and the
+    mean gap between a turn and the one it continues; return it, the conversations' first
+    requests and each request's new message (its own content for a first turn; for a later
+    turn its prompt less the parent's prompt and output, at least 1 token)."""
+    starts = np.flatnonzero(~tree.chain)
+    turns = np.bincount(tree.session, minlength=len(w))[starts]
+    later = np.flatnonzero(tree.chain)
+    parent = tree.parent[later]
+    think = float(np.mean(w.arrival_s[later] - w.arrival_s[parent])) if later.shape[0] else 1.0
+    message = w.prompt_tokens.copy()
+    message[later] = np.maximum(w.prompt_tokens[later] - w.prompt_tokens[parent]
+                                - w.output_tokens[parent], 1)
+    spec = {"name": "multi_turn", "params": {"turns": fit_lengths(turns, points),
+                                             "think_time_s": _sig(max(think, 1e-3))}}
+    return spec, starts, message
+
+
+def _fit_arrivals(t: np.ndarray, arrivals: str, bucket_s: float | None,
+                  bursts: bool, span_s: float | None = None) -> dict[str, Any]:
+    """The arrival model of times ``t`` (sorted, a positive span; over ``span_s`` from the
+    first when given): the rate model, wrapped in ``clustered`` when the times come in
+    sub-second bursts (module docstring)."""
+    sizes, spread = fit_bursts(t) if bursts else (None, 0.0)
+    mean_size = _mean_size(sizes)
+    span = float(t[-1] - t[0]) if span_s is None else max(float(span_s), float(t[-1] - t[0]))
+    if arrivals == "profile":
+        process = fit_profile(t, bucket_s or default_bucket_s(span), span)
+    elif arrivals == "mmpp2":  # the span's end as a last time: whole windows up to it
+        process = fit_mmpp2(np.append(t, t[0] + span) if span_s is not None else t)
+    else:
+        process = {"name": "poisson", "params": {"rate_rps": _sig((t.shape[0] - 1) / span)}}
+    if sizes is not None:  # bursts start at the request rate over the mean burst size
+        process = {"name": "clustered", "params": {
+            "base": _scale_rates(process, 1.0 / mean_size), "sizes": sizes,
+            "spread_s": spread}}
+    return process
+
+
 def fit_twin(w: Workload, *, arrivals: str = "profile", bucket_s: float | None = None,
              block_tokens: int = 512, nodes: int = 8, points: int = 200,
              bursts: bool = True, target_rate_rps: float | None = None,
-             prompt_scale: float | None = None) -> dict[str, Any]:
+             prompt_scale: float | None = None,
+             conversations: bool | None = None) -> dict[str, Any]:
     """Fit a synthetic ``workload`` block to ``w`` (see the module docstring).
 
     Args:
@@ -569,6 +718,9 @@ def fit_twin(w: Workload, *, arrivals: str = "profile", bucket_s: float | None =
         target_rate_rps: fit the twin of the trace rescaled to this mean rate.
         prompt_scale: fit the twin of the trace with every prompt shrunk by this factor
             (prefix lengths included), as the replay option of that name.
+        conversations: model the prefix tree's conversations as ``multi_turn`` sessions
+            (when at least ``MIN_CHAIN_SHARE`` of the requests continue an earlier one);
+            ``None``: chosen by measurement (``choose_conversations``).
 
     Returns:
         The workload block as plain data (``WorkloadSpec.model_validate`` accepts it).
@@ -581,35 +733,76 @@ def fit_twin(w: Workload, *, arrivals: str = "profile", bucket_s: float | None =
         raise ValueError("a twin needs at least two requests at different times")
     if arrivals not in ARRIVAL_MODELS:
         raise ValueError(f"unknown arrivals model {arrivals!r} (known: {ARRIVAL_MODELS})")
+    factor = 1.0
     if target_rate_rps is not None:
-        t = (t - t[0]) * (((len(w) - 1) / float(t[-1] - t[0])) / target_rate_rps)
-    sizes, spread = fit_bursts(t) if bursts else (None, 0.0)
-    mean_size = _mean_size(sizes)
-    if arrivals == "profile":
-        process = fit_profile(t, bucket_s or default_bucket_s(float(t[-1] - t[0])))
+        factor = ((len(w) - 1) / float(t[-1] - t[0])) / target_rate_rps
+        t = (t - t[0]) * factor
+    tree = (prefix_tree(w, block_tokens) if conversations is not False
+            and np.any(w.seg_key >= 0) else None)
+    if conversations is None and tree is not None and tree.chain.mean() >= MIN_CHAIN_SHARE:
+        options: dict[str, Any] = {"arrivals": arrivals, "bucket_s": bucket_s,
+                                   "block_tokens": block_tokens, "nodes": nodes,
+                                   "points": points, "bursts": bursts}
+        if not choose_conversations(w, tree, **options):
+            tree = None
+    session_model = None
+    if tree is not None and tree.chain.mean() >= MIN_CHAIN_SHARE:
+        session_model, starts, message = fit_sessions(w, tree, points)
+        params = session_model["params"]
+        params["think_time_s"] = _sig(max(params["think_time_s"] * factor, 1e-3))
+        t_starts = t[starts]
+        if starts.shape[0] < 2 or t_starts[-1] <= t_starts[0]:
+            session_model = None
+    if session_model is not None:  # conversations start over the trace's whole span
+        process = _fit_arrivals(t_starts, arrivals, bucket_s, bursts, float(t[-1] - t[0]))
+        prefix_model, own = fit_prefixes(_subset(w, starts), block_tokens, nodes, points)
+        message[starts] = own
+        prompt = message
     else:
-        process = fit_mmpp2(t) if arrivals == "mmpp2" else fit_poisson(t)
-    if sizes is not None:  # bursts start at the request rate over the mean burst size
-        process = {"name": "clustered", "params": {
-            "base": _scale_rates(process, 1.0 / mean_size), "sizes": sizes,
-            "spread_s": spread}}
-    prefix_model, own = fit_prefixes(w, block_tokens, nodes, points)
-    prompt = w.prompt_tokens
+        process = _fit_arrivals(t, arrivals, bucket_s, bursts)
+        prefix_model, own = fit_prefixes(w, block_tokens, nodes, points)
+        prompt = w.prompt_tokens
     if prompt_scale is not None:
         own = np.maximum(np.rint(own * prompt_scale), 1).astype(np.int64)
         prompt = np.maximum(np.rint(prompt * prompt_scale), 1).astype(np.int64)
+        if session_model is not None:
+            own = prompt
         if prefix_model is not None:  # each value scaled, its weight kept
             table = prefix_model["params"]["prefix_tokens"]["params"]
             table["values_tokens"] = [max(round(v * prompt_scale), 1)
                                       for v in table["values_tokens"]]
+    elif session_model is not None:
+        own = prompt
     prompt_table = fit_lengths(own, points)
     block: dict[str, Any] = {
         "arrivals": process,
         "prompt_tokens": prompt_table,
         "output_tokens": fit_outputs(prompt, w.output_tokens, points,
-                                     prompt_table if prefix_model is None else None),
+                                     prompt_table if prefix_model is None
+                                     or session_model is not None else None),
         "max_output_tokens": int(w.output_tokens.max()),
     }
     if prefix_model is not None:
         block["prefixes"] = prefix_model
+    if session_model is not None:
+        block["sessions"] = session_model
     return block
+
+
+def choose_conversations(w: Workload, tree: PrefixTree, seed: int = 0,
+                         **options: Any) -> bool:
+    """Whether a twin with conversations (``multi_turn`` over the prefix tree) comes closer to
+    ``w`` than one with prefix groups only: each is drawn once (``seed``) over the span and
+    the one with fewer ``twin_warnings`` wins; conversations on a tie."""
+    from sim.workload.spec import WorkloadSpec, build_workload
+    from sim.workload.trace_stats import trace_stats
+
+    kwargs = {"nodes": options.get("nodes", 8), "block_tokens": options.get("block_tokens", 512)}
+    reference = trace_stats(w, **kwargs)
+    span = float(w.arrival_s[-1] - w.arrival_s[0])
+    misses = []
+    for flag in (True, False):
+        block = fit_twin(w, conversations=flag, **options)
+        twin = build_workload(WorkloadSpec.model_validate(block), span, seed)
+        misses.append(len(twin_warnings(reference, trace_stats(twin, **kwargs))))
+    return misses[0] <= misses[1]
