@@ -6,11 +6,13 @@ a simulation failure exits with code 1.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -101,6 +103,36 @@ class _Group(click.Group):
             _fail(_OUT_OF_MEMORY, 1)
 
 
+#: workload warnings that ``loss_lines`` words again (validate's warnings, run's lines under
+#: the table), so they are not printed twice
+_COUNTED = ("%d of %d outputs cut to", "%d of %d requests exceed the context")
+
+
+class _WorkloadWarnings(logging.Handler):
+    """Print the workload package's warnings as one ``simlb: warning:`` line each, except
+    those the input accounting reports anyway (``_COUNTED``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Echo the record on stderr unless it is a counted loss."""
+        if not str(record.msg).startswith(_COUNTED):
+            click.echo(one_line(f"simlb: warning: {record.getMessage()}"), err=True)
+
+
+@contextlib.contextmanager
+def workload_warnings() -> Iterator[None]:
+    """Route ``sim.workload``'s warnings through ``_WorkloadWarnings`` for a command."""
+    logger = logging.getLogger("sim.workload")
+    handler = _WorkloadWarnings(logging.WARNING)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def non_empty_path(value: str | None, option: str) -> Path | None:
     """``value`` as a Path; an empty one (which would mean the current folder) is refused.
 
@@ -162,7 +194,8 @@ def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
     resolved = app.load(scenario, overrides, seed=seed, replications=replications,
                         strategies=strategies, limits=not no_limits)
     console = Console(stderr=True)
-    with progress_bars(console, enabled=not quiet and not as_json) as factory:
+    with workload_warnings(), progress_bars(console, enabled=not quiet and not as_json) \
+            as factory:
         results = app.run_all(resolved, out, force=force, progress=factory,  # type: ignore[arg-type]
                               jobs=jobs or _usable_cpus(), keep_records=False)
     report_path = None
@@ -202,7 +235,8 @@ def validate(files: tuple[Path, ...], no_limits: bool) -> None:
     for path in files:
         try:
             resolved = app.load(path, limits=not no_limits)
-            losses = app.check_workload(resolved)
+            with workload_warnings():
+                losses = app.check_workload(resolved)
         except InputError as exc:
             click.echo(one_line(f"simlb: error: {exc}"), err=True)
             failed += 1
