@@ -63,12 +63,7 @@ ALLOWED_CYCLES: dict[frozenset[str], str] = {
 }
 
 #: package cycles allowed for now, beyond those of ALLOWED_CYCLES (frozenset -> reason)
-ALLOWED_PACKAGE_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"sim.cli", "sim.commands"}): (
-        "sim.commands.sweep lazily imports sim.cli._usable_cpus and _one_line (new, being "
-        "written); the fix is to move both into sim.commands.options beside non_empty_path "
-        "(issue 14.1)"),
-}
+ALLOWED_PACKAGE_CYCLES: dict[frozenset[str], str] = {}
 
 #: (importer package, imported package) -> reason, for edges MAY_IMPORT/CLI_ONLY refuse
 ALLOWED_EDGES: dict[tuple[str, str], str] = {

@@ -1,4 +1,5 @@
-"""Option callbacks shared by ``sim.cli`` and the sub-commands in ``sim.commands``.
+"""Helpers shared by ``sim.cli`` and the sub-commands in ``sim.commands``: option callbacks
+and the one-line error format.
 
 They live here, below both, so a sub-command never imports ``sim.cli`` (which imports the
 sub-commands): the command-line layer has no import cycle.
@@ -9,6 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
+#: longest error or warning line printed, in characters
+MAX_LINE_CHARS = 1000
+
+
+def one_line(message: str) -> str:
+    """``message`` on one printable line: line breaks joined, control and undecodable
+    characters (a binary file's bytes) shown as ``?``, cut to ``MAX_LINE_CHARS`` characters."""
+    text = " ".join(message.splitlines())
+    text = "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in text)
+    return text if len(text) <= MAX_LINE_CHARS else text[:MAX_LINE_CHARS - 3] + "..."
 
 
 def non_empty_path(value: str | None, option: str) -> Path | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sim.commands.options import non_empty_path
+from sim.commands.options import non_empty_path, one_line
 from sim.errors import InputError
 
 
@@ -36,8 +36,6 @@ def command(results_dirs: tuple[Path, ...], out: Path | None, baseline: str | No
     try:
         index = build_report(list(results_dirs), out, baseline)
     except InputError as exc:  # same contract as sim.cli: one line, exit code 2
-        from sim.cli import one_line
-
         click.echo(one_line(f"simlb: error: {exc}"), err=True)
         sys.exit(2)
     click.echo(f"report: {index}")

@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from sim.commands.options import one_line
 from sim.errors import InputError
 
 FORMAT_NAMES = ("azure", "mooncake", "burstgpt", "vidur", "csv", "jsonl", "parquet")
@@ -54,8 +55,6 @@ def _exit_on_input_error(func: Callable[..., Any]) -> Callable[..., Any]:
             with _warnings_to_stderr():
                 return func(*args, **kwargs)
         except InputError as exc:
-            from sim.cli import one_line
-
             click.echo(one_line(f"simlb: error: {exc}"), err=True)
             sys.exit(2)
     return wrapper
