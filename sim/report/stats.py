@@ -335,7 +335,7 @@ def _change(metric: Metric, kind: str, values: Mapping[int, float],
         return abs(pct), f"{metric.label} {pct:+.{0 if abs(pct) >= 9.5 else 1}f} %"
     if kind == "points":
         return abs(d.mean), f"{metric.label} {d.mean:+.1f} points"
-    return abs(d.mean), f"{metric.label} {d.mean:+.2f}"
+    return abs(d.mean), f"{metric.label} {d.mean:+.2g}"
 
 
 def explain(summaries: pd.DataFrame, best: str, reference: str, first: Metric | None = None,
@@ -345,7 +345,10 @@ def explain(summaries: pd.DataFrame, best: str, reference: str, first: Metric | 
     "cache hits +23.0 points, TTFT p99 -40 % vs round_robin"."""
     parts: list[tuple[float, str]] = []
     own = None
-    for metric, kind in DRIVERS:
+    drivers = list(DRIVERS)
+    if first is not None and all(m.key != first.key for m, _ in drivers):
+        drivers.insert(0, (first, "abs"))  # e.g. the CV of the graded sense of load
+    for metric, kind in drivers:
         got = _change(metric, kind, _by_seed(summaries, best, metric),
                       _by_seed(summaries, reference, metric))
         if got is None or is_tie(got[0], 0.0):
