@@ -56,12 +56,12 @@ ALIASES = {"h100": "h100_sxm", "h200": "h200_sxm", "a100": "a100_sxm"}
 SHORT = {v: k for k, v in ALIASES.items()}
 #: total memory as cudaMemGetInfo reports it, and the source of the figure
 REPORTED_TOTAL: dict[str, tuple[int, str]] = {
-    "h100_sxm": (81559 * MIB, "81559 MiB as cudaMemGetInfo reported on the lent H100 80GB HBM3 "
-                              "(anchors/profiling.md §3.2)"),
+    "h100_sxm": (81559 * MIB, "81559 MiB as cudaMemGetInfo reported on a lent H100 80GB HBM3 "
+                              "(read by simlb's GPU profiler)"),
     "a100_sxm": (81920 * MIB, "81920 MiB as cudaMemGetInfo reports on an A100-SXM4-80GB "
-                              "(anchors/profiling.md §3.2)"),
+                              "(80 GiB, NVIDIA A100 datasheet)"),
     "h200_sxm": (143771 * MIB, "143771 MiB as cudaMemGetInfo reports on an H200 "
-                               "(anchors/profiling.md §3.2; not re-read here)"),
+                               "(NVIDIA H200 141 GB; not re-read here)"),
 }
 NON_TORCH_BASE = 128 * MIB
 #: measured KV capacities: (system, model, tp) -> (blocks, block size, util, source)
