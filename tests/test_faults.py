@@ -35,6 +35,7 @@ def faulty(count: int = 3, rate_rps: float = 20.0, duration_s: float = 30.0,
 def run_one(tmp_path: Path, raw: dict[str, Any], strategy: str = "round_robin"):
     raw = copy.deepcopy(raw)
     raw["router"]["strategies"] = [{"name": strategy}]
+    tmp_path.mkdir(parents=True, exist_ok=True)
     resolved = app.load(write_scenario(tmp_path, raw))
     return simulate(resolved, resolved.strategies[0], 0, workload_for(resolved, 0))
 
@@ -221,3 +222,21 @@ def test_bad_elasticity_input_is_one_line_naming_the_field(tmp_path: Path, chang
     path = write_scenario(tmp_path, faulty(**change))
     result = CliRunner().invoke(main, ["validate", str(path)], prog_name="simlb")
     expect_error(result, needle)
+
+
+def test_random_failures_are_drawn_per_node_and_reproducible(tmp_path: Path) -> None:
+    """Random crashes (exponential time between failures, constant repair) happen on every
+    node of the group, the same ones in two runs with the same seed."""
+    rule = {"group": "g", "time_between_s": {"mean_s": 8.0},
+            "repair_s": {"distribution": "constant", "mean_s": 1.0}}
+    raw = faulty(faults={"model_load_s": 1.0, "random": [rule]})
+    raw["router"]["retries"] = {"max_retries": 2}
+    first = run_one(tmp_path / "a", raw, "least_loaded")
+    second = run_one(tmp_path / "b", raw, "least_loaded")
+    check_books(first)
+    events = first.summary["elasticity"]["events"]
+    assert {e["node"] for e in events} == {0, 1, 2}
+    assert all(e["restart_s"] - e["start_s"] == pytest.approx(1.0) for e in events
+               if e["restart_s"] is not None)  # None: the run ended first
+    assert events == second.summary["elasticity"]["events"]
+    assert (first.requests["status"] == second.requests["status"]).all()
