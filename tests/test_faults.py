@@ -240,3 +240,20 @@ def test_random_failures_are_drawn_per_node_and_reproducible(tmp_path: Path) -> 
                if e["restart_s"] is not None)  # None: the run ended first
     assert events == second.summary["elasticity"]["events"]
     assert (first.requests["status"] == second.requests["status"]).all()
+
+
+@pytest.mark.parametrize("name", ["hedged", "retry", "adaptive"])
+def test_wrappers_tell_their_inner_strategies_a_node_is_down(name: str) -> None:
+    from sim.policy.base import Strategy, strategies
+
+    cls = strategies.get(name)
+    outer = cls(cls.Params(), np.random.default_rng(0))
+    inners = [v for v in vars(outer).values() if isinstance(v, Strategy)]
+    inners += [s for v in vars(outer).values() if isinstance(v, (list, dict))
+               for s in (v.values() if isinstance(v, dict) else v) if isinstance(s, Strategy)]
+    assert inners
+    seen: list[int] = []
+    for inner in inners:
+        inner.on_node_down = seen.append  # type: ignore[method-assign]
+    outer.on_node_down(3)
+    assert seen == [3] * len(inners)

@@ -176,6 +176,10 @@ class Adaptive(Strategy):
         for inner in self.inners:
             inner.on_first_token(request_id, node_id, now_s)
 
+    def on_node_down(self, node_id: int) -> None:
+        for inner in self.inners:
+            inner.on_node_down(node_id)
+
     def on_finish(self, outcome: Outcome) -> None:
         for inner in self.inners:
             inner.on_finish(outcome)

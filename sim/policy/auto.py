@@ -151,6 +151,11 @@ class Auto(Strategy):
         for inner in self._inner.values():
             inner.on_first_token(request_id, node_id, now_s)
 
+    def on_node_down(self, node_id: int) -> None:
+        """Tell every inner strategy."""
+        for inner in self._inner.values():
+            inner.on_node_down(node_id)
+
     def on_finish(self, outcome: Outcome) -> None:
         """Tell every inner strategy."""
         for inner in self._inner.values():

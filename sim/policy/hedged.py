@@ -154,6 +154,9 @@ class DeadlineWrapper(Strategy):
                 self.latency.add(now_s - arrival)
         self.inner.on_first_token(request_id, node_id, now_s)
 
+    def on_node_down(self, node_id: int) -> None:
+        self.inner.on_node_down(node_id)
+
     def on_finish(self, outcome: Outcome) -> None:
         rid = outcome.request_id
         if outcome.status != CANCELLED:
