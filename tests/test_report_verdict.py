@@ -48,7 +48,8 @@ def test_verdict_names_the_best_tests_it_and_says_why() -> None:
     assert second.best == ("cache",) and second.test == "significant"
     assert third.best == ("base", "noisy") and third.runner_up == "cache"
     assert third.why.endswith("vs cache")  # the best is the baseline: against the runner-up
-    assert stats.overall(found) == ("cache", 2)
+    assert stats.overall(found) == (("cache",), 2)
+    assert stats.overall(found[2:]) == (("base", "noisy"), 1)
 
 
 def test_verdict_with_one_replication_is_untested_and_ties_name_no_winner() -> None:

@@ -379,9 +379,13 @@ def _section(runs: Runs, result_set: str, colours: dict[str, str], baseline: str
                            "lower")
     found = stats.verdicts(summaries, strategies, base,
                            (*stats.VERDICT_METRICS, balance, stats.HERDING))
-    name, wins = stats.overall(found)
-    overall = (f"{name} is best on {wins} of {len(found)} headline metrics"
-               if name and len(strategies) > 1 else "")
+    names, wins = stats.overall(found)
+    overall = ""
+    if len(names) == 1 and len(strategies) > 1:
+        overall = f"{names[0]} is best on {wins} of {len(found)} headline metrics"
+    elif len(names) > 1:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        overall = f"{shown} tie: best on {wins} of {len(found)} headline metrics each"
     figures = [*_cdf_figures(part, strategies, colours, prefix),
                _bars(summaries, strategies, colours, sense, prefix),
                *_time_figures(part, strategies, colours, series_seed, prefix)]

@@ -399,14 +399,14 @@ def verdicts(summaries: pd.DataFrame, strategies: Sequence[str], baseline: str,
     return out
 
 
-def overall(found: Sequence[Verdict]) -> tuple[str, int]:
-    """The strategy best on the most verdict metrics (first in order on a tie) and on how
-    many; ``("", 0)`` without any."""
+def overall(found: Sequence[Verdict]) -> tuple[tuple[str, ...], int]:
+    """The strategies best on the most verdict metrics (several on a tie, in order of first
+    win) and on how many; ``((), 0)`` without any."""
     wins: dict[str, int] = {}
     for v in found:
         for s in v.best:
             wins[s] = wins.get(s, 0) + 1
     if not wins:
-        return "", 0
-    name = max(wins, key=lambda s: wins[s])
-    return name, wins[name]
+        return (), 0
+    top = max(wins.values())
+    return tuple(s for s, w in wins.items() if w == top), top
