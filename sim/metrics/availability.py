@@ -17,6 +17,8 @@ Definitions (``summary.json`` -> ``elasticity``; *measured*: arriving in the mea
 * ``detection``: per failure, ``detect_delay_s`` = when the router first took the node out of
   routing (an active check, passive ejection, or the control plane for a drain) minus the
   failure time; NaN when it never noticed (the node came back first).
+* ``slo_series``: per ``metrics.monitor_interval_s`` of arrival time, requests arrived, met
+  every SLO, and failed: how fast each strategy recovers after a failure.
 * ``gpu_hours``: GPU time provisioned in ``[0, duration_s)`` (nodes x the profile's tensor
   parallel degree; a node is provisioned from its scale-up decision until it is drained and
   off, failed nodes included); ``node_count``: change points of provisioned and routable nodes.
@@ -143,10 +145,26 @@ def node_count_series(log: list[tuple[float, int, bool]], routable: list[tuple[f
     return {"t_s": times, "provisioned": prov, "routable": rout}
 
 
+def slo_series(req: dict[str, np.ndarray], slo: dict[str, float | None], interval_s: float,
+               end_s: float) -> dict[str, object]:
+    """Per ``interval_s`` of arrival time: requests arrived (rejected excluded), completed
+    within every SLO, and failed (the recovery curve after a failure)."""
+    arrival = req["arrival_s"]
+    counted = req["status"] != REJECTED
+    edges = np.arange(0.0, max(end_s, interval_s) + interval_s, interval_s)
+    met = slo_met(req, slo)
+
+    def count(rows: np.ndarray) -> list[int]:
+        return np.histogram(arrival[rows], edges)[0].astype(int).tolist()
+
+    return {"interval_s": interval_s, "t_s": edges[:-1].tolist(), "arrived": count(counted),
+            "met": count(counted & met), "failed": count(req["status"] == FAILED)}
+
+
 def elasticity_summary(req: dict[str, np.ndarray], slo: dict[str, float | None],
                        window_s: tuple[float, float], end_s: float, records: list[dict],
                        stats: dict[str, int], hours: tuple[float, float],
-                       node_count: dict[str, list]) -> dict[str, object]:
+                       node_count: dict[str, list], interval_s: float) -> dict[str, object]:
     """The ``elasticity`` block of ``summary.json``."""
     a, b = window_s
     arrival, status = req["arrival_s"], req["status"]
@@ -172,4 +190,5 @@ def elasticity_summary(req: dict[str, np.ndarray], slo: dict[str, float | None],
         "node_hours": hours[0],
         "gpu_hours": hours[1],
         "node_count": node_count,
+        "slo_series": slo_series(req, slo, interval_s, end_s),
     }

@@ -68,7 +68,8 @@ class Elasticity:
                                    c.n - len(self.initially_off))
         return elasticity_summary(requests, sc.slo.model_dump(), (sc.warmup_s, sc.duration_s),
                                   end_s, [dataclasses.asdict(r) for r in c.records],
-                                  dataclasses.asdict(self.health.stats), hours, counts)
+                                  dataclasses.asdict(self.health.stats), hours, counts,
+                                  sc.metrics.monitor_interval_s)
 
 
 def build_elasticity(sc: Scenario, env: simpy.Environment, cluster: Cluster, router: Router,
