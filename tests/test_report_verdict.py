@@ -115,7 +115,10 @@ def test_figures_stay_readable_with_twenty_strategies() -> None:
     table = pd.DataFrame({"strategy": np.repeat(names, 5), "t_s": np.tile(np.arange(5.0), 20),
                           "cv": rng.random(100)})
     cv = plots.cv_over_time(table, names, colours, sense="busy", window=(0.0, 5.0))
-    assert cv.legends and all(ax.get_legend() is None for ax in cv.axes)
+    assert {ax.get_title() for ax in cv.axes if ax.get_visible()} == set(names)
+    lines = table.rename(columns={"cv": "value"})
+    kvq = plots.kv_and_queue(lines, lines, names, colours, window=(0.0, 5.0))
+    assert kvq.legends and all(ax.get_legend() is None for ax in kvq.axes)
     bars = plots.headline_bars({"p99 TTFT (ms)": _estimates(names),
                                 "goodput (req/s)": _estimates(names)}, colours,
                                lower={"p99 TTFT (ms)"})

@@ -216,17 +216,43 @@ def _lines(ax: Axes, table: pd.DataFrame, colours: Mapping[str, str],
 
 def cv_over_time(cv: pd.DataFrame, strategies: Sequence[str], colours: Mapping[str, str], *,
                  sense: str, window: Window) -> Figure:
-    """CV of node load across nodes per time bucket, one line per strategy."""
+    """CV of node load across nodes per time bucket, one line per strategy (with ``MANY``
+    strategies or more, small multiples: one panel per strategy over the others in grey)."""
+    end = float(cv["t_s"].max()) if len(cv) else window[1]
+    inside = cv.loc[(cv["t_s"] >= window[0]) & (cv["t_s"] < window[1]), "cv"]
+    top = float(inside.max()) if len(inside) else 0.0
+    title = f"Imbalance of {sense} across nodes over time (0 = perfectly even)"
+    if len(strategies) >= MANY:
+        ncols = 5
+        nrows = -(-len(strategies) // ncols)
+        fig = Figure(figsize=(2.6 * ncols, 0.5 + 1.7 * nrows), layout="constrained")
+        axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+        for ax, strategy in zip(axes, strategies, strict=False):
+            for other in strategies:
+                if other != strategy:
+                    part = cv[cv["strategy"] == other]
+                    ax.plot(part["t_s"], part["cv"], color="0.82", linewidth=0.7,
+                            drawstyle="steps-post")
+            _lines(ax, cv, colours, [strategy], "cv")
+            _shade_window(ax, window, end)
+            ax.set_title(strategy, fontsize=LABEL_PT - 1, color=colours[strategy],
+                         fontweight="bold")
+            ax.tick_params(labelsize=TICK_PT - 2)
+            ax.grid(True, color="0.9", linewidth=0.6)
+        axes[0].set_ylim(0, 1.25 * top if top > 0 else None)
+        for ax in axes[len(strategies):]:
+            ax.set_visible(False)
+        fig.supxlabel("time (s)", fontsize=LABEL_PT)
+        fig.supylabel("CV across nodes", fontsize=LABEL_PT)
+        fig.suptitle(title + "; grey: the other strategies", fontsize=TITLE_PT)
+        return fig
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     ax = fig.subplots()
     _lines(ax, cv, colours, strategies, "cv")
-    _shade_window(ax, window, float(cv["t_s"].max()) if len(cv) else window[1])
-    inside = cv.loc[(cv["t_s"] >= window[0]) & (cv["t_s"] < window[1]), "cv"]
-    top = float(inside.max()) if len(inside) else 0.0
+    _shade_window(ax, window, end)
     # scale to the measured window: nearly empty nodes at the drain give huge CVs
     ax.set_ylim(0, 1.25 * top if top > 0 else None)
-    _style(ax, "time (s)", "CV across nodes",
-           f"Imbalance of {sense} across nodes over time (0 = perfectly even)")
+    _style(ax, "time (s)", "CV across nodes", title)
     _side_legend(fig, ax)
     return fig
 
