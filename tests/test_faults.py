@@ -257,3 +257,21 @@ def test_wrappers_tell_their_inner_strategies_a_node_is_down(name: str) -> None:
         inner.on_node_down = seen.append  # type: ignore[method-assign]
     outer.on_node_down(3)
     assert seen == [3] * len(inners)
+
+
+@pytest.mark.parametrize("strategy", ["least_loaded", "sglang_cache_aware"])
+def test_autoscaling_with_random_failures_keeps_the_books(tmp_path: Path, strategy: str) -> None:
+    """Scale-ups, drains on scale-down and random crashes and hangs together."""
+    auto = {"group": "g", "metric": "concurrency", "target": 3.0, "min_nodes": 1,
+            "interval_s": 2.0, "scale_down_window_s": 4.0, "cold_start_s": 2.0}
+    rules = [{"group": "g", "mode": mode, "time_between_s": {"mean_s": 6.0},
+              "repair_s": {"mean_s": 1.0}} for mode in ("crash", "hang")]
+    raw = faulty(count=4, rate_rps=25.0, duration_s=30.0, autoscaling=[auto],
+                 faults={"model_load_s": 1.0, "random": rules})
+    raw["router"]["retries"] = {"max_retries": 1, "stall_timeout_s": 2.0}
+    raw["router"]["health"] = {"interval_s": 1.0}
+    result = run_one(tmp_path, raw, strategy)
+    el = check_books(result)
+    assert el["failed_attempts"] > 0
+    counts = result.summary["elasticity"]["node_count"]["provisioned"]
+    assert min(counts) >= 1 and max(counts) <= 4
