@@ -65,6 +65,8 @@ class Autoscaler:
             conditions.set_lifecycle(node, OFF, env.now)
         self._recommendations: deque[tuple[float, int]] = deque()
         self._dispatched = router.dispatched
+        #: node -> when its current start began
+        self._starts: dict[int, float] = {}
         #: (time, provisioned, serving) after every evaluation that changed something
         self.decisions: list[tuple[float, int, int]] = []
         env.timeout(spec.interval_s).callbacks.append(self._evaluate)
@@ -117,11 +119,13 @@ class Autoscaler:
         idle = [i for i in self.nodes if c.lifecycle[i] == OFF][:n]
         for node in idle:
             c.set_lifecycle(node, STARTING, now)
+            self._starts[node] = now
             self.env.timeout(self.spec.cold_start_s).callbacks.append(
-                partial(without_event, self._started, node))
+                partial(without_event, self._started, node, now))
 
-    def _started(self, node: int) -> None:
-        if self.conditions.lifecycle[node] == STARTING:
+    def _started(self, node: int, since: float) -> None:
+        # a start cancelled and begun again is ready only after its own cold start
+        if self.conditions.lifecycle[node] == STARTING and self._starts.get(node) == since:
             self.conditions.set_lifecycle(node, ON, self.env.now)
 
     def _scale_down(self, n: int) -> None:
