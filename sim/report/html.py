@@ -404,7 +404,8 @@ def _verdict_row(v: stats.Verdict) -> dict[str, Any]:
     against = ""
     if v.runner_up:
         d = v.diff
-        against = (f"{v.runner_up}: {'+' if d.mean > 0 else ''}{_fmt(d.mean)}{unit}"
+        delta_unit = " points" if m.unit == "%" else unit  # a difference of percentages
+        against = (f"{v.runner_up}: {'+' if d.mean > 0 else ''}{_fmt(d.mean)}{delta_unit}"
                    + (f" ± {_fmt(d.half_width, 2)}" if d.has_ci else ""))
     test = {"significant": f"significant (paired, n={v.diff.n})",
             "not significant": f"not significant (paired, n={v.diff.n})",
