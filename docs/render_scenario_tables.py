@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+import sim.build  # registers every batcher (continuous, adaptive, vllm_v0)
 import sim.policy
 from sim.model.batcher import batchers
 from sim.model.cost import cost_models
