@@ -156,6 +156,29 @@ def loss_notes(results: Sequence[RunResult]) -> list[str]:
             .replace(" and will be rejected", " and were rejected") for line in lines]
 
 
+def elasticity_notes(results: Sequence[RunResult]) -> list[str]:
+    """One line per strategy for runs with faults or autoscaling (``summary.json``'s
+    ``elasticity`` block, ``docs/faults.md``): availability, failed requests and retries, the
+    mean time to detect a failure, SLO attainment during outages, GPU-hours (means over runs)."""
+    out = []
+    for label in dict.fromkeys(r.label for r in results):
+        rows = [r for r in results if r.label == label and "elasticity" in r.summary]
+        if not rows:
+            continue
+        parts = [f"availability {_mean(rows, 'elasticity', 'availability'):.2%}",
+                 f"failed {_fmt(_mean(rows, 'elasticity', 'requests', 'failed_total'), 6)}",
+                 f"retries {_fmt(_mean(rows, 'elasticity', 'requests', 'retries'), 6)}"]
+        detect = _mean(rows, "elasticity", "detection", "mean_s")
+        if math.isfinite(detect):
+            parts.append(f"detected after {detect:.3g} s")
+        during = _mean(rows, "elasticity", "slo_met_share", "during")
+        if math.isfinite(during):
+            parts.append(f"SLO met during outages {during:.1%}")
+        parts.append(f"{_mean(rows, 'elasticity', 'gpu_hours'):.3g} GPU-hours")
+        out.append(f"{label}: " + ", ".join(parts))
+    return out
+
+
 def print_comparison(console: Console, results: Sequence[RunResult], title: str, *,
                      wide: bool = False) -> None:
     """Print the comparison table: every column when it fits the console (or ``wide``: then
@@ -176,3 +199,5 @@ def print_comparison(console: Console, results: Sequence[RunResult], title: str,
         console.print(comparison_table(results, title, wide=False))
     for line in loss_notes(results):
         console.print(f"input: {line}", markup=False, highlight=False)
+    for line in elasticity_notes(results):
+        console.print(f"faults: {line}", markup=False, highlight=False)

@@ -47,3 +47,20 @@ def test_console_table_has_herding_and_lists_losses(tmp_path: Path) -> None:
         assert "input: " in text and "were not replayed" in text
     herd = [r.summary["herding"]["index"] for r in results]
     assert herd[0] == 0.0 and herd[1] > herd[0]  # round robin spreads every burst
+
+
+def test_console_lists_fault_figures(tmp_path: Path) -> None:
+    """With faults configured, one line per strategy gives availability, failures, retries,
+    detection time and GPU-hours from the summary's elasticity block; without, none."""
+    from sim.console import elasticity_notes
+
+    scenario = REPO / "scenarios" / "node_failure.yaml"
+    resolved = app.load(scenario, ["duration_s=130"], strategies=("round_robin",))
+    results = app.run_all(resolved, tmp_path, keep_records=False)
+    lines = elasticity_notes(results)
+    assert len(lines) == 1 and lines[0].startswith("round_robin: availability ")
+    failed = results[0].summary["elasticity"]["requests"]["failed_total"]
+    assert f"failed {failed}" in lines[0] and "GPU-hours" in lines[0]
+    smoke = app.load(REPO / "scenarios" / "smoke.yaml", ["duration_s=10", "warmup_s=1"],
+                     strategies=("round_robin",))
+    assert elasticity_notes(app.run_all(smoke, tmp_path / "s", keep_records=False)) == []
