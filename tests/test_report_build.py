@@ -151,3 +151,20 @@ def test_report_reads_results_only(tmp_path_factory: pytest.TempPathFactory) -> 
     after = json.loads((results / "round_robin" / "seed-1" / "summary.json").read_text())
     assert before == after
     assert not list(results.glob("*/seed-*/report"))
+
+
+def test_faults_rows_and_recovery_figure(tmp_path: Path) -> None:
+    """Runs with failures get the faults rows (availability, failed requests, time to
+    detect, GPU-hours) and the recovery figure, whose node count starts at the full
+    cluster and drops at the crash."""
+    resolved = app.load(REPO / "scenarios" / "node_failure.yaml", ["duration_s=140"],
+                        strategies=("round_robin",))
+    app.run_all(resolved, tmp_path / "runs", keep_records=False)
+    index = build_report([tmp_path / "runs"], tmp_path / "report")
+    html = index.read_text(encoding="utf-8")
+    for label in ("availability", "failed requests", "time to detect", "GPU-hours"):
+        assert label in html
+    assert (index.parent / "figures" / "elasticity.png").stat().st_size > 0
+    summary = json.loads(next((tmp_path / "runs").rglob("summary.json")).read_text())
+    count = summary["elasticity"]["node_count"]
+    assert count["t_s"][0] == 0.0 and count["routable"][0] == 8 and min(count["routable"]) == 7

@@ -126,8 +126,8 @@ def provisioned_hours(log: list[tuple[float, int, bool]], n_nodes: int, gpus: np
 
 def node_count_series(log: list[tuple[float, int, bool]], routable: list[tuple[float, int]],
                       n_initial: int) -> dict[str, list]:
-    """Provisioned and routable node counts at each change point."""
-    changes: dict[float, list] = {}
+    """Provisioned and routable node counts at the start (t = 0) and each change point."""
+    changes: dict[float, list] = {0.0: [n_initial, n_initial]}
     provisioned = n_initial
     for t, _node, on in sorted(log):
         provisioned += 1 if on else -1

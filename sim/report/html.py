@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 import pandas as pd
 
 import sim
@@ -303,6 +304,32 @@ def _time_figures(runs: Runs, strategies: list[str], colours: dict[str, str], se
                     CAPTIONS["throughput"] + note, tput)]
 
 
+def _elasticity_figure(runs: Runs, strategies: list[str], colours: dict[str, str], seed: int,
+                       prefix: str) -> FigureOut:
+    """The recovery curve and the node count over time, from each run's ``elasticity``."""
+    slo, nodes = [], []
+    for run in runs.select(seed=seed).runs:
+        block = run.summary.get("elasticity") or {}
+        series, count = block.get("slo_series") or {}, block.get("node_count") or {}
+        arrived = np.asarray(series.get("arrived", []), dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.asarray(series.get("met", []), dtype=float) / arrived
+        slo.append(pd.DataFrame({"strategy": run.strategy, "t_s": series.get("t_s", []),
+                                 "value": share}))
+        t_nodes, routable = list(count.get("t_s", [])), list(count.get("routable", []))
+        end = float(series["t_s"][-1]) + float(series["interval_s"]) if arrived.size else None
+        if routable and end is not None and end > t_nodes[-1]:
+            t_nodes, routable = [*t_nodes, end], [*routable, routable[-1]]  # hold to the end
+        nodes.append(pd.DataFrame({"strategy": run.strategy, "t_s": t_nodes,
+                                   "value": routable}))
+    cfg = runs.config()
+    window = (float(cfg.get("warmup_s", 0.0)), float(cfg["duration_s"]))
+    fig = plots.elasticity_over_time(pd.concat(slo), pd.concat(nodes), strategies, colours,
+                                     window=window)
+    return _figure(prefix + "elasticity", "Failures and recovery",
+                   CAPTIONS["elasticity"] + f" Seed {seed}.", fig)
+
+
 def _bars(summaries: pd.DataFrame, strategies: list[str], colours: dict[str, str],
           sense: str, prefix: str) -> FigureOut:
     keys = HEADLINE | {f"CV of {sense.replace('_', ' ')}": (f"utilization.{sense}.cv", 1.0),
@@ -344,6 +371,11 @@ CAPTIONS = {
                 "replications, clipped at zero). The last panels are the CV across nodes of "
                 "the graded sense of load and the herding index (0: every burst and second "
                 "spread as evenly as possible; 1: each sent to one node).",
+    "elasticity": "Runs with failures or autoscaling (docs/faults.md). Top: the share of the "
+                  "requests arriving in each interval that met every SLO (failed ones count "
+                  "as missed): the dip is the outage, its width the time to detect and "
+                  "recover. Bottom: the nodes the router could send to (healthy and "
+                  "provisioned).",
     "sweep": "p99 TTFT (left) and goodput (right) against the measured offered load, one "
              "point per result set (strategies dodged slightly sideways); error bars are 95 % "
              "CIs over replications, clipped at zero. The dotted line is goodput = offered "
@@ -369,7 +401,10 @@ def _section(runs: Runs, result_set: str, colours: dict[str, str], baseline: str
         part = part.select(seed=series_seed)
         seeds = [series_seed]
     summaries = part.summaries
-    rows = stats.metric_table(summaries, strategies, base)
+    faults = "elasticity.availability" in summaries.columns
+    rows = stats.metric_table(summaries, strategies, base,
+                              (*stats.METRICS, *stats.ELASTICITY_METRICS) if faults
+                              else stats.METRICS)
     table, diffs = _table_rows(rows, strategies, base, stats.grades(summaries, strategies))
     sense = (part.config().get("metrics") or {}).get("grade_on", "busy")
     keys = (*WINNER_KEYS, f"utilization.{sense}.cv")
@@ -389,6 +424,8 @@ def _section(runs: Runs, result_set: str, colours: dict[str, str], baseline: str
     figures = [*_cdf_figures(part, strategies, colours, prefix),
                _bars(summaries, strategies, colours, sense, prefix),
                *_time_figures(part, strategies, colours, series_seed, prefix)]
+    if faults:
+        figures.append(_elasticity_figure(part, strategies, colours, series_seed, prefix))
     return Section(result_set, scenario_brief(runs, result_set), strategies, base, seeds,
                    series_seed, table, diffs, winners, figures,
                    [_verdict_row(v) for v in found], overall, identical)

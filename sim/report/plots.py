@@ -283,6 +283,19 @@ def throughput_over_time(completed: pd.DataFrame, tokens: pd.DataFrame,
     return fig
 
 
+def elasticity_over_time(slo_met: pd.DataFrame, routable: pd.DataFrame,
+                         strategies: Sequence[str], colours: Mapping[str, str], *,
+                         window: Window) -> Figure:
+    """Share of arrivals meeting every SLO per interval (the recovery curve) and the nodes in
+    routing over time, one line per strategy (runs with faults or autoscaling)."""
+    fig = Figure(figsize=(10, 6), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    _time_panels(fig, (top, bottom), (slo_met, routable), colours, strategies, window,
+                 (("share meeting SLOs", "Arrivals meeting every SLO, per interval"),
+                  ("nodes", "Nodes in routing (healthy and provisioned)")))
+    return fig
+
+
 def _time_panels(fig: Figure, axes: tuple[Axes, Axes],
                  frames: tuple[pd.DataFrame, pd.DataFrame], colours: Mapping[str, str],
                  strategies: Sequence[str], window: Window,

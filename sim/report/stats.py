@@ -128,6 +128,19 @@ def _metrics() -> tuple[Metric, ...]:
 #: the rows of the comparison table, in order
 METRICS = _metrics()
 
+#: rows added when the runs had faults or autoscaling (``summary.json``'s ``elasticity``)
+ELASTICITY_METRICS = (
+    Metric("elasticity.availability", "availability", "%", 100.0, "higher", "faults"),
+    Metric("elasticity.requests.failed_total", "failed requests", "", 1.0, "lower", "faults"),
+    Metric("elasticity.requests.retries", "retries", "", 1.0, "lower", "faults"),
+    Metric("elasticity.detection.mean_s", "time to detect", "s", 1.0, "lower", "faults"),
+    Metric("elasticity.slo_met_share.during", "SLO met during outages", "%", 100.0, "higher",
+           "faults"),
+    Metric("elasticity.slo_met_share.after", "SLO met after outages", "%", 100.0, "higher",
+           "faults"),
+    Metric("elasticity.gpu_hours", "GPU-hours", "h", 1.0, "lower", "faults"),
+)
+
 
 @dataclass(frozen=True)
 class MetricRow:
