@@ -66,12 +66,7 @@ ALLOWED_CYCLES: dict[frozenset[str], str] = {
 ALLOWED_PACKAGE_CYCLES: dict[frozenset[str], str] = {}
 
 #: (importer package, imported package) -> reason, for edges MAY_IMPORT/CLI_ONLY refuse
-ALLOWED_EDGES: dict[tuple[str, str], str] = {
-    ("sim.model", "sim.scenario"): (
-        "sim.model.elasticity imports sim.scenario.Scenario for its annotations only (work in "
-        "progress, faults and autoscaling); the fix is to import it under TYPE_CHECKING, or to "
-        "move elasticity.py, which wires a whole scenario, up beside sim.runner (issue 14.1)"),
-}
+ALLOWED_EDGES: dict[tuple[str, str], str] = {}
 
 
 def _modules() -> dict[str, Path]:

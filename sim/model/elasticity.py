@@ -7,6 +7,7 @@ schedule no extra event and draw no extra random number, so their results are un
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 import simpy
@@ -18,7 +19,9 @@ from sim.model.faults import OFF, FaultInjector, Hung, NodeConditions, failure_e
 from sim.model.health import RouterHealth
 from sim.model.router import Router
 from sim.rng import UniformDraws, stream
-from sim.scenario import Scenario
+
+if TYPE_CHECKING:  # annotations only: the model layer does not import the scenario layer
+    from sim.scenario import Scenario
 
 
 class Elasticity:

@@ -34,8 +34,8 @@ class DynamoKv(Strategy):
     """Least KV-aware cost: uncached prefill blocks plus active decode blocks (Dynamo gen. 2).
 
     ``ai-dynamo/dynamo: lib/kv-router/src/scheduling/selector/default.rs`` with the defaults of
-    ``KvRouterConfig::default()`` / ``kv_router_args.py`` (``anchors/routing.md`` §2.3, §2.4,
-    §8.3). Per accepting node ``i``, with ``L`` the prompt tokens, ``B`` the block size::
+    ``KvRouterConfig::default()`` / ``kv_router_args.py``. Per accepting node ``i``, with ``L``
+    the prompt tokens, ``B`` the block size::
 
         decay_i  = 1 / (1 + overlap_score_credit_decay * ((P_i - P_min)/B) / ceil(L/B))
         credit_i = overlap_score_credit * decay_i * overlap_i           # cached prompt blocks

@@ -24,7 +24,7 @@ class LlmD(Strategy):
 
     The llm-d inference scheduler's default profile (``llm-d/llm-d-inference-scheduler @
     520af478: pkg/epp/config/loader/defaults.go``, scorers under
-    ``pkg/epp/framework/plugins/``; ``anchors/routing.md`` §3.1-§3.4, §8.1)::
+    ``pkg/epp/framework/plugins/``)::
 
         total_i = w_queue * (Qmax - Q_i) / (Qmax - Qmin)      # queue-scorer; all equal -> 1
                 + w_kv * (1 - k_i)                             # kv-cache-utilization-scorer

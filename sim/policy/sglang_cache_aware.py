@@ -40,7 +40,7 @@ class SglangCacheAware(Strategy):
     """Longest cached prefix from the router's own history, unless the load is imbalanced.
 
     SGLang router / SMG ``cache_aware`` (``sgl-model-gateway/src/policies/cache_aware.rs``,
-    ``tree.rs``; ``anchors/routing.md`` §1.2, §8.2). Per request, on router-local in-flight
+    ``tree.rs``). Per request, on router-local in-flight
     counts ``R`` of the accepting nodes::
 
         if max R - min R > balance_abs_threshold and max R > balance_rel_threshold * min R:
@@ -59,7 +59,7 @@ class SglangCacheAware(Strategy):
     (SGLang's background eviction thread, run lazily at the next decision). Among nodes tied at
     the deepest match SGLang takes the first tenant stored at that tree node (arbitrary); here a
     seeded random one. The ``smallest_tree`` miss policy reproduces the "death spiral" of
-    SGLang PR #14305 (``anchors/routing.md`` §10 item 6).
+    SGLang PR #14305.
 
     ``defaults`` picks the unset thresholds: ``python`` (CLI: cache 0.3, abs 64, rel 1.5,
     eviction 60 s, 2^26 characters) or ``rust`` (``CacheAwareConfig::default()``: 0.5, 32, 1.1,
