@@ -81,6 +81,10 @@ class NodeGroupSpec(Model):
         None, ge=2, le=MAX_KV_TOKENS,
         description="longest prompt + max_output_tokens a node accepts (longer requests are "
                     "rejected); the profile's context limit applies too")
+    usd_per_gpu_hour: float | None = Field(
+        None, ge=0, allow_inf_nan=False,
+        description="hourly price of one GPU of this group (simlb sweep and capacity report "
+                    "cost with it; --price overrides); null: no price")
     model: str = Field("", pattern=r"^[A-Za-z0-9_.:/-]*$",
                        description="the model the group serves; requests asking for a model "
                                    "(workload.models, a trace's model column) go only to its "

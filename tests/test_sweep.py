@@ -192,3 +192,13 @@ def test_bad_input_is_one_line_and_exit_2(args, expected, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("simlb: error:"), result.output
     assert expected in lines[0]
     assert not (tmp_path / "cache").exists()
+
+
+def test_scenario_price_is_read_and_price_option_wins() -> None:
+    """A node group's usd_per_gpu_hour prices the cluster; --price for its group wins."""
+    from sim import app
+    from sim.sweep.prices import hourly_cost
+
+    resolved = app.load(REPO / "scenarios" / "capacity_h100.yaml")
+    assert hourly_cost(resolved, {}) == pytest.approx(4 * 2.5)
+    assert hourly_cost(resolved, {"h100": 3.0}) == pytest.approx(4 * 3.0)

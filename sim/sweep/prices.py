@@ -3,8 +3,7 @@
 A node's GPU type is the first part of its profile name (``h100/llama-3.1-8b-aic`` -> ``h100``;
 a cost model without a profile has the group's name) and its GPU count the profile's
 tensor-parallel degree. A price may name a GPU type or a node group; a group's own name wins.
-A node group may also carry ``usd_per_gpu_hour`` in the scenario (read when the schema has
-that field; ``--price`` overrides it).
+A node group may also carry ``usd_per_gpu_hour`` in the scenario (``--price`` overrides it).
 Assumes a node's price is its GPU count times the GPU's hourly price (no host or network cost).
 """
 
@@ -60,10 +59,10 @@ def gpus(resolved: ResolvedScenario) -> dict[str, int]:
 
 def with_scenario_prices(resolved: ResolvedScenario,
                          prices: dict[str, float]) -> dict[str, float]:
-    """``prices`` plus each node group's own ``usd_per_gpu_hour`` (by group name), where the
-    scenario schema has that field; a ``--price`` for the group wins."""
-    own = {g.name.lower(): float(v) for g in resolved.scenario.cluster.node_groups
-           if (v := getattr(g, "usd_per_gpu_hour", None)) is not None}
+    """``prices`` plus each node group's own ``usd_per_gpu_hour`` (by group name); a
+    ``--price`` for the group wins."""
+    own = {g.name.lower(): float(g.usd_per_gpu_hour)
+           for g in resolved.scenario.cluster.node_groups if g.usd_per_gpu_hour is not None}
     return own | prices
 
 
