@@ -140,6 +140,7 @@ def test_head_only(tmp_path: Path) -> None:
 MEASURE_READ = """
 import sys, time
 from pathlib import Path
+import pandas  # imported lazily by the CSV reader: loaded before the baseline, like the others
 from sim.workload.trace_readers import FORMATS
 from sim.workload.traces import read_table
 def status_mb(key):

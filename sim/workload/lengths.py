@@ -18,7 +18,6 @@ from typing import ClassVar
 
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
-from scipy.special import ndtr
 
 from sim.registry import Registry
 from sim.spec import StrictModel
@@ -167,7 +166,15 @@ class LognormalLength(LengthDistribution):
     def __init__(self, params: Params) -> None:
         self.params = params
         self._support = np.arange(*self._support_range(), dtype=np.float64)
-        self._pmf = self._clipped_pmf()
+        self._pmf_cache: np.ndarray | None = None
+
+    @property
+    def _pmf(self) -> np.ndarray:
+        """The clipped pmf, computed on first use (drawing samples needs none of it, so a run
+        that never asks for a moment does not import scipy)."""
+        if self._pmf_cache is None:
+            self._pmf_cache = self._clipped_pmf()
+        return self._pmf_cache
 
     def _support_range(self) -> tuple[int, int]:
         """Return ``[lo, hi + 1)``: the clip range, cut where the tails underflow to zero."""
@@ -179,6 +186,8 @@ class LognormalLength(LengthDistribution):
 
     def _clipped_pmf(self) -> np.ndarray:
         """Return ``P(K = k)`` for ``k`` in ``min..max``, from survival-function differences."""
+        from scipy.special import ndtr  # 0.2 s of imports: only when a moment is asked for
+
         p = self.params
         edges = np.append(self._support - 0.5, self._support[-1] + 0.5)
         survival = ndtr(-(np.log(edges) - math.log(p.median_tokens)) / p.sigma)

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from sim.errors import TraceError
 
@@ -280,6 +279,8 @@ def _csv_chunks(path: Path, layout: TraceLayout,
     # Every column is parsed (so a row with too many fields is an error, not silently cut),
     # with pandas' own type inference: forcing a text dtype or replacing bad bytes makes the C
     # parser several times slower.
+    import pandas as pd  # imported here: a run without a CSV trace never loads pandas
+
     present = [n for n in layout.wanted() if n in _csv_header(path, layout)]
     try:
         reader = pd.read_csv(path, index_col=False, chunksize=CHUNK_ROWS, nrows=max_rows,

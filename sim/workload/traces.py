@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import ConfigDict, Field, model_validator
 
 from sim.errors import ScenarioError, TraceError
@@ -39,6 +38,9 @@ from sim.workload.trace_readers import (
     located_error,
     open_text,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Records read by ``check_trace``.
 HEAD_ROWS = 100
@@ -311,12 +313,16 @@ class _Collector:
 
     def _fail(self, raw: pd.Series, bad: np.ndarray, start: int, column: str,
               what: str) -> TraceError:
+        import pandas as pd  # only a trace replay needs pandas
+
         i = int(np.flatnonzero(bad)[0])
         value = raw.iloc[i]
         message = "missing or NaN value" if pd.isna(value) else f"{what} ({value!r})"
         return located_error(self.path, self.layout.container, start + i, column, message)
 
     def _time(self, raw: pd.Series, start: int) -> np.ndarray:
+        import pandas as pd  # only a trace replay needs pandas
+
         name = self.layout.arrival
         if self.layout.time_unit == "datetime" or pd.api.types.is_datetime64_any_dtype(raw):
             parsed = raw if pd.api.types.is_datetime64_any_dtype(raw) else pd.to_datetime(
@@ -341,6 +347,8 @@ class _Collector:
         return seconds - self.time_ref
 
     def _tokens(self, raw: pd.Series, name: str, start: int) -> np.ndarray:
+        import pandas as pd  # only a trace replay needs pandas
+
         values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64,
                                                                 na_value=np.nan)
         checks = ((~np.isfinite(values), "not a number"),
@@ -353,6 +361,8 @@ class _Collector:
         return values.astype(np.int64)
 
     def _codes(self, raw: pd.Series, kind: str, start: int, required: str | None) -> np.ndarray:
+        import pandas as pd  # only a trace replay needs pandas
+
         codes, uniques = pd.factorize(raw)
         if required and (codes < 0).any():
             raise self._fail(raw, codes < 0, start, required, "missing value")
