@@ -18,6 +18,7 @@ from sim.errors import ProfileError, ScenarioError
 from sim.model.batcher import batchers
 from sim.model.cluster import NodeSpec, node_info
 from sim.model.cost import CostModel, cost_models
+from sim.model.transfer import LINK_PRESETS, DisaggConfig, LinkParams
 from sim.policy.admission import admissions
 from sim.policy.base import Strategy, StrategyParams, strategies
 from sim.scenario import NodeGroupSpec, Scenario, StrategySpec
@@ -56,6 +57,8 @@ class ResolvedScenario:
     slowdowns: dict[int, tuple[tuple[float, float, float], ...]] = field(default_factory=dict)
     #: check the scenario's size limits (``sim.limits``); False with ``--no-limits``
     enforce_limits: bool = True
+    #: the KV transfer of a cluster with prefill/decode roles; None: no roles
+    disagg: DisaggConfig | None = None
 
     def check_models(self, models: set[str], field: str = "workload.models") -> None:
         """Raise ``ScenarioError`` if a requested model is served by no node."""
@@ -93,11 +96,13 @@ def resolve(scenario: Scenario, source: str, base_dir: Path,
         if scenario.router.admission is not None:
             admission = build_params(admissions, scenario.router.admission, "router.admission")
         slowdowns = _slowdowns(scenario, len(nodes))
+        disagg = _disagg(scenario, nodes, chosen)
     except ScenarioError as exc:
         if exc.source is None:
             raise ScenarioError(exc.detail, source=source, field=exc.field) from None
         raise
-    resolved = ResolvedScenario(scenario, source, nodes, chosen, base_dir, admission, slowdowns)
+    resolved = ResolvedScenario(scenario, source, nodes, chosen, base_dir, admission, slowdowns,
+                                disagg=disagg)
     models = scenario.workload.models
     if models:
         resolved.check_models(set(models))
@@ -157,7 +162,67 @@ def _node_spec(group: NodeGroupSpec, path: str, base_dir: Path) -> NodeSpec:
     return NodeSpec(group=group.name, profile=cost.description, cost=cost,
                     kv_total_blocks=tokens // bs, block_size=bs,
                     prefix_caching=group.prefix_caching, batcher=config, model=group.model,
-                    batcher_cls=bcls)
+                    batcher_cls=bcls, role=group.role)
+
+
+def _disagg(scenario: Scenario, nodes: list[NodeSpec],
+            chosen: list[StrategyChoice]) -> DisaggConfig | None:
+    """The KV-transfer configuration of a cluster with prefill/decode roles (None without)."""
+    groups = scenario.cluster.node_groups
+    if all(g.role == "mixed" for g in groups):
+        return None
+    if scenario.faults is not None:
+        raise ScenarioError("not supported with prefill/decode roles yet (remove the faults "
+                            "or the roles)", field="faults")
+    if scenario.autoscaling:
+        raise ScenarioError("not supported with prefill/decode roles yet",
+                            field="autoscaling")
+    for gi, group in enumerate(groups):
+        if group.batcher.name != "continuous":
+            raise ScenarioError(f"expected the continuous batcher in a group with role "
+                                f"{group.role}, got '{group.batcher.name}'",
+                                field=f"cluster.node_groups.{gi}.batcher.name")
+    for i, choice in enumerate(chosen):
+        cls = choice.cls
+        if (cls.hedge_after_s is not Strategy.hedge_after_s
+                or cls.retry_after_s is not Strategy.retry_after_s
+                or cls.rebalance_interval_s is not None):
+            raise ScenarioError(f"strategy '{choice.spec.name}' hedges, retries or rebalances, "
+                                f"which a cluster with prefill/decode roles does not support",
+                                field=f"router.strategies.{i}.name")
+    tr = scenario.cluster.transfer
+    kv_bytes, tps, layers = [], [], []
+    for gi, group in enumerate(groups):
+        spec = nodes[sum(g.count for g in groups[:gi])]
+        profile = getattr(spec.cost, "profile", None)
+        tp = profile.hardware.tensor_parallel if profile is not None else 1
+        n_layers = profile.model.num_layers if profile is not None else 1
+        if tr.kv_bytes_per_token is not None:
+            per_token = tr.kv_bytes_per_token
+        elif profile is not None:
+            per_token = profile.kv_cache.kv_bytes_per_token_per_gpu * tp
+        else:
+            raise ScenarioError(f"required: group '{group.name}' has a cost model without a "
+                                f"model shape; expected the KV bytes of one token",
+                                field="cluster.transfer.kv_bytes_per_token")
+        kv_bytes += [per_token] * group.count
+        tps += [tp] * group.count
+        layers += [n_layers] * group.count
+    default_bw, default_lat = LINK_PRESETS[tr.link]
+    links: dict[tuple[str, str], LinkParams] = {}
+    for p in (g for g in groups if g.role == "prefill"):
+        for d in (g for g in groups if g.role == "decode"):
+            links[(p.name, d.name)] = LinkParams(
+                (tr.bandwidth_GBps or default_bw) * 1e9,
+                default_lat if tr.latency_s is None else tr.latency_s, tr.layerwise)
+    for link in tr.links:
+        bw, lat = LINK_PRESETS[link.link or tr.link]
+        if link.link is None:
+            bw, lat = tr.bandwidth_GBps or bw, lat if tr.latency_s is None else tr.latency_s
+        links[(link.prefill_group, link.decode_group)] = LinkParams(
+            (link.bandwidth_GBps or bw) * 1e9, lat if link.latency_s is None else link.latency_s,
+            tr.layerwise)
+    return DisaggConfig(tuple(kv_bytes), tuple(tps), tuple(layers), links)
 
 
 def _kv_tokens(group: NodeGroupSpec, cost: CostModel, path: str) -> int:

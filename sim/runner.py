@@ -16,6 +16,7 @@ import numpy as np
 import simpy
 
 from sim.build import ResolvedScenario, StrategyChoice
+from sim.metrics.disagg import transfer_columns
 from sim.metrics.recorder import LogHistogram, Recorder
 from sim.metrics.summary import RunData, summarize, timeline
 from sim.model.cluster import Cluster
@@ -23,6 +24,7 @@ from sim.model.elasticity import build_elasticity
 from sim.model.kv_events import KvEventMirror
 from sim.model.requests import RequestTable
 from sim.model.router import Router
+from sim.model.transfer import Disaggregation
 from sim.rng import stream
 from sim.workload.base import Workload
 from sim.workload.replay import node_limits
@@ -72,6 +74,8 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
     cluster = Cluster(env, resolved.node_specs, table, recorder, sc.cluster.fast_forward,
                       resolved.slowdowns)
     router = _router(resolved, choice, env, cluster, table, seed)
+    disagg = (None if resolved.disagg is None
+              else Disaggregation(env, cluster, table, resolved.disagg, router))
     elastic = build_elasticity(sc, env, cluster, router, seed)
     router.start()
     horizon = sc.duration_s + sc.drain_timeout_s
@@ -85,7 +89,12 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
     if elastic is not None:
         elastic.finish(env.now)
     _book_unfinished(cluster, table, env.now)
+    if disagg is not None:
+        for outcome in disagg.book_in_transfer(env.now):
+            table.record(outcome)
     data = _run_data(resolved, cluster, table, recorder, env.now, router)
+    if disagg is not None:
+        data.requests.update(transfer_columns(disagg.columns()))
     summary = {**summarize(data), "input": workload.accounting}
     if elastic is not None:
         summary["elasticity"] = elastic.summary(sc, data.requests, env.now)

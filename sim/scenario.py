@@ -92,6 +92,10 @@ class NodeGroupSpec(Model):
     batcher: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="continuous"),
                                    description="engine scheduler and its limits (batcher "
                                                "registry)")
+    role: Literal["mixed", "prefill", "decode"] = Field(
+        "mixed", description="disaggregated serving (docs/disaggregation.md): prefill nodes "
+                             "run prompts and hand the KV cache to decode nodes; mixed: both "
+                             "phases (the default)")
 
 
 class SlowdownSpec(Model):
@@ -112,6 +116,40 @@ class SlowdownSpec(Model):
         return end_s
 
 
+class LinkSpec(Model):
+    """The KV-transfer link between a prefill group and a decode group."""
+
+    prefill_group: str = Field(pattern=NAME_PATTERN, description="a group with role prefill")
+    decode_group: str = Field(pattern=NAME_PATTERN, description="a group with role decode")
+    link: Literal["nvlink", "infiniband", "rdma", "tcp"] | None = Field(
+        None, description="preset (bandwidth, latency); null: the transfer's default link")
+    bandwidth_GBps: float | None = Field(
+        None, gt=0, le=1e6, description="GB/s per GPU pair, one way; null: the preset's")
+    latency_s: float | None = Field(None, ge=0, le=60, description="fixed time per transfer; "
+                                                                   "null: the preset's")
+
+
+class TransferSpec(Model):
+    """How KV caches move from prefill to decode nodes (cluster with roles only)."""
+
+    link: Literal["nvlink", "infiniband", "rdma", "tcp"] = Field(
+        "infiniband", description="default link preset: nvlink (450 GB/s, 10 us), infiniband "
+                                  "or rdma (50 GB/s, 50 us), tcp (10 GB/s, 500 us); bandwidth "
+                                  "per GPU pair")
+    bandwidth_GBps: float | None = Field(None, gt=0, le=1e6,
+                                         description="override of the preset's bandwidth")
+    latency_s: float | None = Field(None, ge=0, le=60,
+                                    description="override of the preset's latency")
+    layerwise: bool = Field(True, description="send each layer's KV as the prefill's last "
+                                              "chunk computes it (the transfer starts with "
+                                              "that chunk); false: after the first token")
+    kv_bytes_per_token: Int | None = Field(
+        None, ge=1, description="KV bytes of one token, whole model; null: from the prefill "
+                                "group's profile (required with a cost model without one)")
+    links: list[LinkSpec] = Field(default_factory=list,
+                                  description="per pool pair overrides of the link")
+
+
 class ClusterSpec(Model):
     """The nodes, in groups."""
 
@@ -122,6 +160,32 @@ class ClusterSpec(Model):
                           "results, faster)")
     slowdowns: list[SlowdownSpec] = Field(
         default_factory=list, description="stragglers: nodes running slower for a while")
+    transfer: TransferSpec = Field(default_factory=TransferSpec,
+                                   description="KV-cache transfer from prefill to decode "
+                                               "nodes (used when groups have roles)")
+
+    @model_validator(mode="after")
+    def _pools(self) -> ClusterSpec:
+        roles = [g.role for g in self.node_groups]
+        has_p, has_d = "prefill" in roles, "decode" in roles
+        if has_p or has_d:
+            if not (has_p and has_d):
+                i = roles.index("decode" if has_d else "prefill")
+                missing = "prefill" if has_d else "decode"
+                raise ValueError(f"node_groups.{i}.role: a {roles[i]} group needs a group "
+                                 f"with role {missing}")
+            if "mixed" in roles:
+                raise ValueError(f"node_groups.{roles.index('mixed')}.role: expected prefill "
+                                 f"or decode in a cluster with roles (mixed groups beside "
+                                 f"prefill/decode pools are not modelled)")
+        by_name = {g.name: g.role for g in self.node_groups}
+        for i, link in enumerate(self.transfer.links):
+            for key, want in (("prefill_group", "prefill"), ("decode_group", "decode")):
+                name = getattr(link, key)
+                if by_name.get(name) != want:
+                    raise ValueError(f"transfer.links.{i}.{key}: expected the name of a group "
+                                     f"with role {want}, got '{name}'")
+        return self
 
 
 class StrategySpec(ComponentSpec):

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.metrics.disagg import disagg_summary
 from sim.metrics.herding import fold_grade, herding
 from sim.metrics.recorder import LogHistogram
 from sim.outcome import COMPLETED, FAILED, REJECTED, UNFINISHED
@@ -300,7 +301,8 @@ def summarize(data: RunData) -> dict[str, object]:
         "router": _router_section(data),
         "strategy": dict(data.strategy_stats),
         "balance_over_time": balance_over_time(data),
-    }
+    } | ({"disaggregation": disagg_summary(req, measured, length)} if "transfer_s" in req
+         else {})
 
 
 def _ungraded_if_idle(utilization: dict[str, object], completed: int) -> dict[str, object]:

@@ -135,6 +135,9 @@ class ContinuousBatcher:
         #: exponentially weighted recent TTFT and E2E of completions (weight 0.1), for telemetry
         self.recent_ttft_s = math.nan
         self.recent_e2e_s = math.nan
+        #: requests whose prompt KV arrived from a prefill node (disaggregated serving):
+        #: request id -> prompt tokens with KV, until admitted
+        self._remote: dict[int, int] = {}
 
     # -- queue ------------------------------------------------------------------------------
 
@@ -149,6 +152,47 @@ class ContinuousBatcher:
         self.waiting_tokens += t.prompt_tokens[rid]
         self._meta[rid] = [math.nan, math.nan, 0, 0, 0, 0, 0]
         return None
+
+    def enqueue_transferred(self, rid: int, now: float, outcome: Outcome) -> Outcome | None:
+        """Queue a request whose prompt was prefilled on another node (``outcome``, its
+        hand-off there) and whose KV cache has arrived: admitted FCFS like any request when
+        the prompt's blocks fit, it computes the first token's KV and then decodes
+        (disaggregated serving, ``sim.model.transfer``). Returns its rejection if this
+        engine can never serve it."""
+        t = self.table
+        prompt = t.prompt_tokens[rid]
+        if prompt + t.max_output_tokens[rid] > self.max_model_len:
+            return Outcome(rid, self.node_id, REJECTED, outcome.first_scheduled_s,
+                           outcome.first_token_s, now, outcome.generated_tokens,
+                           outcome.cached_tokens, outcome.recomputed_tokens,
+                           outcome.preemptions, outcome.computed_tokens)
+        self.waiting.append(rid)
+        self._seq[rid] = prompt + 1
+        self.waiting_tokens += prompt + 1
+        self._meta[rid] = [outcome.first_scheduled_s, outcome.first_token_s,
+                           outcome.cached_tokens, outcome.recomputed_tokens,
+                           outcome.preemptions, outcome.computed_tokens, 0]
+        self._remote[rid] = prompt
+        return None
+
+    def _admit_transferred(self, plan: Plan, rid: int) -> bool:
+        """Admit the queue head whose prompt KV was transferred here, if its blocks fit."""
+        kv = self.kv
+        prompt = self._remote[rid]
+        need = kv.blocks_for(prompt + 1)
+        if need > kv.free_blocks:
+            return False
+        del self._remote[rid]
+        self.waiting.popleft()
+        self.waiting_tokens -= prompt + 1
+        self._spans[rid] = []
+        self._holding[rid] = []
+        kv.allocate(need)
+        self._held[rid] = need
+        self._computed[rid] = prompt
+        self.running[rid] = None
+        self._add_chunk(plan, rid, 1, prompt)
+        return True
 
     @property
     def decode_batch(self) -> int:
@@ -225,6 +269,11 @@ class ContinuousBatcher:
         kv, config = self.kv, self.config
         while self.waiting and budget > 0 and len(self.running) < config.max_num_seqs:
             rid = self.waiting[0]
+            if self._remote and rid in self._remote:
+                if not self._admit_transferred(plan, rid):
+                    return
+                budget -= 1
+                continue
             seq = self._seq[rid]
             spans = self._prefix_spans(rid)
             hit = kv.match(spans, (seq - 1) // kv.block_size) if spans else 0
@@ -353,8 +402,27 @@ class ContinuousBatcher:
         del self._computed[rid]
         if generated == table.output_tokens[rid]:
             return self._finish(rid, seq, now, held)
+        if self.prefill_only:
+            return self._hand_off(rid, seq, now, held)
         self._join_decode(rid, seq)
         return None
+
+    #: a prefill node of a disaggregated cluster: a request leaves at its first token
+    prefill_only = False
+
+    def _hand_off(self, rid: int, kv_tokens: int, now: float, held: int) -> Outcome:
+        """The first token is out: the request leaves this prefill node (its blocks freed,
+        shareable ones staying cached) with status COMPLETED and one token generated; the
+        cluster moves its KV to a decode node."""
+        self._release(rid, kv_tokens, held)
+        del self.running[rid]
+        del self._seq[rid]
+        ttft = self._meta[rid][1] - self.table.arrival_s[rid]
+        if self.recent_ttft_s != self.recent_ttft_s:  # NaN: first hand-off
+            self.recent_ttft_s = ttft
+        else:
+            self.recent_ttft_s += 0.1 * (ttft - self.recent_ttft_s)
+        return self._outcome(rid, COMPLETED, now, 1)
 
     def _publish(self, rid: int, computed: int) -> None:
         """Make the request's newly full, shareable prompt blocks hittable by others."""
@@ -444,6 +512,7 @@ class ContinuousBatcher:
             self.waiting.remove(rid)
             self.waiting_tokens -= self._seq[rid]
             self._spans.pop(rid, None)
+            self._remote.pop(rid, None)
         del self._seq[rid]
         return self._outcome(rid, CANCELLED, now, generated)
 

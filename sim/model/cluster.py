@@ -30,6 +30,8 @@ class NodeSpec:
     model: str = ""
     #: the batch policy class (a ``batchers`` registry entry)
     batcher_cls: type[ContinuousBatcher] = ContinuousBatcher
+    #: ``prefill``, ``decode`` or ``mixed`` (disaggregated serving, ``sim.model.transfer``)
+    role: str = "mixed"
 
 
 class Cluster:
@@ -53,7 +55,10 @@ class Cluster:
     def _new_batcher(self, node_id: int) -> ContinuousBatcher:
         spec = self.specs[node_id]
         kv = KVCache(spec.kv_total_blocks, spec.block_size, spec.prefix_caching)
-        return spec.batcher_cls(kv, self.table, spec.batcher, node_id)
+        batcher = spec.batcher_cls(kv, self.table, spec.batcher, node_id)
+        if spec.role == "prefill":
+            batcher.prefill_only = True
+        return batcher
 
     def reset_node(self, node_id: int) -> None:
         """Give a node a fresh engine (a restart: empty queue, batch and KV cache, prefix
@@ -113,4 +118,5 @@ def node_info(node_id: int, spec: NodeSpec) -> NodeInfo:
                     kv_total_blocks=spec.kv_total_blocks, block_size_tokens=spec.block_size,
                     model=spec.model,
                     decode_tokens_per_s=batch / decode_s if decode_s > 0 else 0.0,
-                    prefill_tokens_per_s=2048 / prefill_s if prefill_s > 0 else 0.0)
+                    prefill_tokens_per_s=2048 / prefill_s if prefill_s > 0 else 0.0,
+                    role=spec.role)

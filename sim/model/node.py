@@ -115,6 +115,26 @@ class GpuNode:
         if self._iterations > 1 and batcher.can_take_new_work():
             self._cut_run(now)
 
+    def receive(self, rid: int, handoff: Outcome) -> None:
+        """Take a request whose prompt was prefilled elsewhere and whose KV cache has just
+        arrived (disaggregated serving; ``handoff``: its outcome on the prefill node)."""
+        now = self.env.now
+        rejected = self.batcher.enqueue_transferred(rid, now, handoff)
+        if rejected is not None:
+            self.on_done(rejected)
+            return
+        if self._pending is None or (self._plan is None and self._iterations == 0):
+            self._pending = LateTimeout(self.env, 0.0, self._start_iteration)
+            return
+        self._record_state(now)
+        if self._iterations > 1 and self.batcher.can_take_new_work():
+            self._cut_run(now)
+
+    @property
+    def iteration_start_s(self) -> float:
+        """When the current (or just finished) iteration or decode run began."""
+        return self._run_start
+
     def cancel(self, rid: int) -> None:
         """Withdraw a request at the next iteration boundary (as an engine aborts a request
         between steps); its outcome, status CANCELLED, goes to ``on_done`` then."""

@@ -31,6 +31,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import simpy
@@ -139,6 +140,8 @@ class Router:
         self._blocked = False
         #: ``unroutable(rid)``: what to do with a request no node can take (set with faults)
         self.unroutable: Callable[[int], None] | None = None
+        #: the prefill-to-decode hand-off of a cluster with roles (``sim.model.transfer``)
+        self.disagg: Any = None
         self.set_available((True,) * n)
         self.outstanding = 0
         self.dispatched = 0
@@ -246,6 +249,9 @@ class Router:
             self._no_node(rid)
             return
         strategy = replica.strategy
+        if self.disagg is not None:
+            self.disagg.dispatch(replica, info, view)
+            return
         node = strategy.choose(info, view)
         if type(node) is not int or not (0 <= node < len(view.accepting)
                                          and view.accepting[node]):

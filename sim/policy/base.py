@@ -66,6 +66,8 @@ class NodeInfo:
     decode_tokens_per_s: float = 0.0
     #: prefill tokens per second for one 2048-token prompt, from the cost model
     prefill_tokens_per_s: float = 0.0
+    #: ``prefill``, ``decode`` or ``mixed`` (disaggregated serving; docs/disaggregation.md)
+    role: str = "mixed"
 
 
 @dataclass(frozen=True, slots=True)
