@@ -1,0 +1,88 @@
+"""Fleet scale (issue 18): a diurnal day of conversation traffic on 512 nodes; wall time, loop
+time and peak memory against the number of requests.
+
+The day is benchmarks/scenarios/conv.yaml (A100 Llama-2-70B TP2, round robin) on ``--nodes``
+nodes with piecewise-Poisson arrivals over 24 hourly pieces (night trough at 0.35 of the mean,
+afternoon peak at 1.7). 10M requests make a real 86,400 s day at 116 req/s on average (0.23
+req/s per node, 0.39 at the peak: the nodes run at about a quarter to a half of capacity);
+fewer requests compress the same day (``period = 86,400 s x N / 10M``), so every run sees one
+whole cycle at the same per-node load and the cost per request is comparable. The over-time
+series use 60 s buckets (a 1 s timeline of 512 nodes over a day would be 44M rows).
+
+    python benchmarks/bench_fleet.py --requests 1000000
+    python benchmarks/bench_fleet.py --requests 3000000 --no-write
+
+Run each size in its own process: peak memory is the process's high-water mark. With
+``--out`` the result directory is written too (``requests.parquet`` in row groups).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+#: relative request rate of each hour of the day (mean 1.0)
+DIURNAL = [0.45, 0.38, 0.35, 0.35, 0.38, 0.48, 0.68, 0.95, 1.22, 1.42, 1.55, 1.62,
+           1.65, 1.68, 1.70, 1.66, 1.55, 1.40, 1.25, 1.10, 0.95, 0.80, 0.65, 0.53]
+DAY_S = 86_400.0
+FULL_DAY_REQUESTS = 10_000_000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1_000_000)
+    parser.add_argument("--nodes", type=int, default=512)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the result directory under this folder")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    from sim import app
+    from sim.runner import simulate, workload_for
+
+    mean = sum(DIURNAL) / len(DIURNAL)
+    shape = [r / mean for r in DIURNAL]
+    period = DAY_S * args.requests / FULL_DAY_REQUESTS
+    mean_rps = args.requests / period
+    rates = ", ".join(f"{mean_rps * s:.6g}" for s in shape)
+    overrides = [
+        f"cluster.node_groups.0.count={args.nodes}",
+        f"workload.arrivals={{name: piecewise, params: {{rates_rps: [{rates}], "
+        f"period_s: {period}}}}}",
+        f"duration_s={period}", f"warmup_s={period / 24}", "drain_timeout_s=600",
+        "metrics.bucket_s=60", "metrics.monitor_interval_s=60",
+    ]
+    resolved = app.load(HERE / "scenarios" / "conv.yaml", overrides, limits=False)
+    workload = workload_for(resolved, 0)
+    t1 = time.perf_counter()
+    rss_workload = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = simulate(resolved, resolved.strategies[0], 0, workload)
+    t2 = time.perf_counter()
+    if args.out is not None:
+        app._write(resolved, result, args.out, True)
+    t3 = time.perf_counter()
+    c3 = time.process_time()
+    n = len(workload)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"fleet: {args.nodes} nodes, {n:,} requests over {period:,.0f} s "
+          f"(mean {mean_rps:.1f} req/s, {mean_rps / args.nodes:.3f} per node)")
+    print(f"  imports, load, workload  {t1 - t0:8.1f} s   (max RSS then {rss_workload:,.0f} MB)")
+    print(f"  simulation loop          {result.wall_s:8.1f} s  -> {n / result.wall_s:9,.0f} "
+          f"requests/s, {result.events / n:.2f} events per request")
+    print(f"  summary and timeline     {t2 - t1 - result.wall_s:8.1f} s")
+    if args.out is not None:
+        print(f"  writing results          {t3 - t2:8.1f} s")
+    print(f"  whole run                {t3 - t0:8.1f} s wall, {c3 - c0:.1f} s CPU")
+    print(f"  peak memory (max RSS)    {peak:8,.0f} MB ({peak * 1024 * 1024 / n:,.0f} bytes "
+          f"per request)")
+    s = result.summary
+    print(f"  sanity: completed {s['requests']['completed']:,}, "  # type: ignore[index]
+          f"p99 TTFT {s['latency_s']['ttft']['p99']:.3f} s")  # type: ignore[index]
+
+
+if __name__ == "__main__":
+    main()
