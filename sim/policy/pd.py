@@ -75,8 +75,8 @@ class PdPair(Strategy):
        (``cached_d``: prompt tokens in ``d``'s prefix cache as this router's index of the
        requests it prefilled there knows, or as ``d``'s KV events report with
        ``router.kv_events_delay_s``), or when ``max_prefill_queue`` is set and at least that
-       many requests wait for a prefill node (requests dispatched to the prefill pool and not
-       yet running there: router counters less the sampled running counts);
+       many requests wait in the prefill nodes' queues (the sampled telemetry, summed over the
+       prefill pool: Dynamo's prefill queue size);
     3. otherwise ``prefill`` picks the prefill node within the prefill pool.
 
     In a cluster without roles it is its ``decode`` strategy. The inner strategies see their
@@ -120,9 +120,8 @@ class PdPair(Strategy):
         """The conditional rule (step 2 of the class docstring)."""
         p = self.params
         if p.max_prefill_queue is not None:
-            tel = view.telemetry
-            queue = sum(max(0, view.inflight_requests[i] - tel.running[i])
-                        for i, n in enumerate(view.nodes) if n.role == "prefill")
+            queued = view.telemetry.queued
+            queue = sum(queued[i] for i, n in enumerate(view.nodes) if n.role == "prefill")
             if queue >= p.max_prefill_queue:
                 return True
         if p.max_local_prefill_tokens < 0:
