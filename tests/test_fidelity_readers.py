@@ -14,7 +14,8 @@ from click.testing import CliRunner, Result
 from sim.cli import main
 from sim.errors import TraceError
 from sim.fidelity.readers import detect, discover, read_run
-from tests.conftest import expect_error
+
+from conftest import expect_error
 
 FIX = Path(__file__).parent / "fixtures" / "fidelity"
 TRACEV2 = FIX / "tracev2" / "results" / "rate2"

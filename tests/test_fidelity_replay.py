@@ -16,7 +16,8 @@ from sim.fidelity.evaluate import evaluate_one
 from sim.fidelity.readers import read_run
 from sim.fidelity.replay import replay, scenario_tree, workload_of
 from sim.outcome import COMPLETED, REJECTED, UNFINISHED
-from tests.conftest import REPO, expect_error
+
+from conftest import REPO, expect_error
 
 FIX = Path(__file__).parent / "fixtures" / "fidelity"
 TRACEV2 = FIX / "tracev2" / "results" / "rate2"
