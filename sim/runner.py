@@ -8,6 +8,7 @@ makes paired comparisons between strategies much tighter).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class RunResult:
     timeline: dict[str, np.ndarray]
     wall_s: float
     events: int
+    #: process CPU seconds of the simulation loop (``wall_s`` counts other processes' time too)
+    cpu_s: float = math.nan
 
 
 def workload_for(resolved: ResolvedScenario, replication: int) -> Workload:
@@ -81,9 +84,10 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
     horizon = sc.duration_s + sc.drain_timeout_s
     if progress is not None:
         env.process(_ticker(env, router, horizon, progress))
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     env.run(until=env.any_of([router.drained, env.timeout(horizon)]))
     wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     if progress is not None:
         progress(env.now, horizon, router.dispatched)
     if elastic is not None:
@@ -103,7 +107,7 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
                      requests=data.requests,
                      node_states=data.states, timeline=timeline(data, sc.metrics.bucket_s),
                      wall_s=wall,
-                     events=_events_scheduled(env))
+                     events=_events_scheduled(env), cpu_s=cpu)
 
 
 def _router(resolved: ResolvedScenario, choice: StrategyChoice, env: simpy.Environment,
