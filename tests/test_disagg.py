@@ -257,3 +257,47 @@ def test_batcher_hand_off_and_transferred_admission() -> None:
     assert finished == [0, 1]
     assert list(table.generated_tokens) == [5, 5]
     assert list(table.first_token_s) == [1.0, 1.0]  # the prefill node's first token
+
+
+def test_link_bandwidth_scales_with_the_smaller_tp_and_ports_are_fifo() -> None:
+    """``schedule`` in isolation: bytes x (per GPU x TP), bandwidth x min(TP_p, TP_d), a
+    per-pair link override, and FIFO reservations on the sender's and receiver's ports."""
+    from types import SimpleNamespace
+
+    from sim.model.transfer import DisaggConfig, LinkParams
+    from sim.policy.base import NodeInfo
+
+    def info(i: int, group: str, role: str) -> NodeInfo:
+        return NodeInfo(i, group, "p", 8, 64, 100, 16, role=role)
+    infos = (info(0, "p", "prefill"), info(1, "d", "decode"), info(2, "d2", "decode"))
+    config = DisaggConfig(kv_bytes_per_token=(1000, 1000, 1000), tensor_parallel=(4, 2, 8),
+                          num_layers=(10, 10, 10),
+                          links={("p", "d"): LinkParams(1e6, 0.01),
+                                 ("p", "d2"): LinkParams(4e6, 0.0)})
+    dis = Disaggregation.__new__(Disaggregation)
+    dis.config = config
+    dis.cluster = SimpleNamespace(infos=infos)
+    dis._egress_free = [0.0] * 3
+    dis._ingress_free = [0.0] * 3
+    # 1000 tokens x 1000 B = 1e6 B over 1e6 B/s x min(4, 2) = 0.5 s, + 10 ms
+    done, queued, n_bytes = dis.schedule(0, 1, 1000, ready_s=1.0, prefill_end_s=1.0)
+    assert (done, queued, n_bytes) == (pytest.approx(1.51), 0.0, 1_000_000)
+    # the sender's port is busy until 1.5 s: the next transfer waits 0.4 s (FIFO), then
+    # 1e6 B over 4e6 x min(4, 8) = 1/16 s
+    done, queued, _ = dis.schedule(0, 2, 1000, ready_s=1.1, prefill_end_s=1.1)
+    assert queued == pytest.approx(0.4)
+    assert done == pytest.approx(1.5 + 1 / 16)
+
+
+def test_per_pool_pair_link_overrides_the_default(tmp_path: Path) -> None:
+    raw = pd_raw(rate_rps=0.2, layerwise=False, link="tcp",
+                 links=[{"prefill_group": "p", "decode_group": "d", "link": "nvlink",
+                         "bandwidth_GBps": 1.0}])
+    resolved = resolve(tmp_path, raw)
+    assert resolved.disagg is not None
+    assert resolved.disagg.links[("p", "d")].bandwidth_Bps == 1e9
+    assert resolved.disagg.links[("p", "d")].latency_s == 10e-6  # nvlink's
+    req = run(tmp_path / "r", raw).requests
+    moved = np.isfinite(req["transfer_s"])
+    np.testing.assert_allclose(req["transfer_s"][moved],
+                               10e-6 + req["prompt_tokens"][moved] * KV_BYTES / 1e9, rtol=1e-9)
