@@ -50,7 +50,7 @@ import simpy
 from sim.errors import SimulationError
 from sim.model.cluster import Cluster
 from sim.model.requests import COMPLETED, UNFINISHED, Outcome, RequestTable
-from sim.policy.base import ClusterView, NodeInfo, RequestInfo, Strategy
+from sim.policy.base import ClusterView, RequestInfo, Strategy
 
 #: link presets: (bandwidth in GB/s per GPU pair and direction, latency in s per transfer)
 LINK_PRESETS: dict[str, tuple[float, float]] = {
@@ -256,8 +256,3 @@ class Disaggregation:
         """Records of the requests still in transfer at the end of the run (unfinished)."""
         return [o._replace(status=UNFINISHED, finish_s=math.nan)
                 for o in self.in_transfer.values()]
-
-
-def node_roles(infos: tuple[NodeInfo, ...]) -> set[str]:
-    """The roles present in a cluster."""
-    return {i.role for i in infos}
