@@ -10,7 +10,7 @@ whole cycle at the same per-node load and the cost per request is comparable. Th
 series use 60 s buckets (a 1 s timeline of 512 nodes over a day would be 44M rows).
 
     python benchmarks/bench_fleet.py --requests 1000000
-    python benchmarks/bench_fleet.py --requests 3000000 --no-write
+    python benchmarks/bench_fleet.py --requests 3000000 --fold 1000000
 
 Run each size in its own process: peak memory is the process's high-water mark. With
 ``--out`` the result directory is written too (``requests.parquet`` in row groups).
@@ -36,6 +36,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--nodes", type=int, default=512)
+    parser.add_argument("--fold", type=int, default=None, metavar="ROWS",
+                        help="fold the run log and node series every ROWS rows "
+                             "(sim.runner.simulate's fold_rows) instead of keeping them")
     parser.add_argument("--out", type=Path, default=None,
                         help="also write the result directory under this folder")
     args = parser.parse_args()
@@ -60,7 +63,7 @@ def main() -> None:
     workload = workload_for(resolved, 0)
     t1 = time.perf_counter()
     rss_workload = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = simulate(resolved, resolved.strategies[0], 0, workload)
+    result = simulate(resolved, resolved.strategies[0], 0, workload, fold_rows=args.fold)
     t2 = time.perf_counter()
     if args.out is not None:
         app._write(resolved, result, args.out, True)
@@ -68,7 +71,8 @@ def main() -> None:
     c3 = time.process_time()
     n = len(workload)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"fleet: {args.nodes} nodes, {n:,} requests over {period:,.0f} s "
+    print(f"fleet: {args.nodes} nodes, {n:,} requests over {period:,.0f} s, "
+          f"{'folding every ' + format(args.fold, ',') + ' rows' if args.fold else 'whole log'} "
           f"(mean {mean_rps:.1f} req/s, {mean_rps / args.nodes:.3f} per node)")
     print(f"  imports, load, workload  {t1 - t0:8.1f} s   (max RSS then {rss_workload:,.0f} MB)")
     print(f"  simulation loop          {result.wall_s:8.1f} s  -> {n / result.wall_s:9,.0f} "

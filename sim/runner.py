@@ -18,7 +18,8 @@ import simpy
 
 from sim.build import ResolvedScenario, StrategyChoice
 from sim.metrics.disagg import transfer_columns
-from sim.metrics.recorder import LogHistogram, Recorder
+from sim.metrics.fold import RunLogFolder
+from sim.metrics.recorder import RUN_COLUMNS, LogHistogram, Recorder
 from sim.metrics.summary import RunData, summarize, timeline
 from sim.model.cluster import Cluster
 from sim.model.elasticity import build_elasticity
@@ -67,13 +68,22 @@ def workload_for(resolved: ResolvedScenario, replication: int) -> Workload:
 
 
 def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: int,
-             workload: Workload, progress: Progress | None = None) -> RunResult:
-    """Simulate one strategy on one replication's workload and summarise it."""
+             workload: Workload, progress: Progress | None = None,
+             fold_rows: int | None = None) -> RunResult:
+    """Simulate one strategy on one replication's workload and summarise it.
+
+    With ``fold_rows``, the run log and node state series are folded into fixed-size sums
+    (``sim.metrics.fold``) whenever ``fold_rows`` rows have accumulated (checked every
+    ``FOLD_CHECK_S`` simulated seconds), instead of kept whole: memory no longer grows with
+    them, the summary and timeline equal the whole-run ones up to float summation order, and
+    ``node_states`` (``nodes.parquet``) is empty. Per-request results are unchanged.
+    """
     sc = resolved.scenario
     seed = sc.seed + replication
     env = simpy.Environment()
     table = RequestTable(workload)
     recorder = Recorder(len(resolved.node_specs), (sc.warmup_s, sc.duration_s))
+    folder = None if fold_rows is None else _folder(resolved)
     cluster = Cluster(env, resolved.node_specs, table, recorder, sc.cluster.fast_forward,
                       resolved.slowdowns)
     router = _router(resolved, choice, env, cluster, table, seed)
@@ -84,6 +94,8 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
     horizon = sc.duration_s + sc.drain_timeout_s
     if progress is not None:
         env.process(_ticker(env, router, horizon, progress))
+    if folder is not None and fold_rows is not None:
+        env.process(_fold_every(env, recorder, folder, fold_rows))
     started, cpu_started = time.perf_counter(), time.process_time()
     env.run(until=env.any_of([router.drained, env.timeout(horizon)]))
     wall = time.perf_counter() - started
@@ -96,7 +108,7 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
     if disagg is not None:
         for outcome in disagg.book_in_transfer(env.now):
             table.record(outcome)
-    data = _run_data(resolved, cluster, table, recorder, env.now, router)
+    data = _run_data(resolved, cluster, table, recorder, env.now, router, folder)
     if disagg is not None:
         data.requests.update(transfer_columns(disagg.columns()))
     summary = {**summarize(data), "input": workload.accounting}
@@ -143,16 +155,24 @@ def _book_unfinished(cluster: Cluster, table: RequestTable, now: float) -> None:
 
 
 def _run_data(resolved: ResolvedScenario, cluster: Cluster, table: RequestTable,
-              recorder: Recorder, end_s: float, router: Router) -> RunData:
+              recorder: Recorder, end_s: float, router: Router,
+              folder: RunLogFolder | None = None) -> RunData:
     sc = resolved.scenario
     a, b = sc.warmup_s, sc.duration_s
     specs = resolved.node_specs
-    runs = recorder.run_frame()
-    extrapolated = _derive_run_columns(runs, specs)
-    itl = LogHistogram()
-    in_window = (runs["start_s"] >= a) & (runs["start_s"] < b)
-    itl.add_runs(runs["first_s"][in_window], runs["step_s"][in_window],
-                 runs["iterations"][in_window], runs["decode_batch"][in_window])
+    folded = None
+    if folder is not None:
+        folder.fold(*recorder.take())
+        folded = folder.finish(end_s)
+        itl, extrapolated = folded.itl, folded.extrapolated_steps
+        runs = recorder.run_frame()
+    else:
+        runs = recorder.run_frame()
+        extrapolated = _derive_run_columns(runs, specs)
+        itl = LogHistogram()
+        in_window = (runs["start_s"] >= a) & (runs["start_s"] < b)
+        itl.add_runs(runs["first_s"][in_window], runs["step_s"][in_window],
+                     runs["iterations"][in_window], runs["decode_batch"][in_window])
     for node in cluster.nodes:
         for t, gap in node.batcher.preemption_gaps:
             if a <= t < b:
@@ -174,7 +194,35 @@ def _run_data(resolved: ResolvedScenario, cluster: Cluster, table: RequestTable,
         strategy_stats=_strategy_stats(router),
         monitor_interval_s=sc.metrics.monitor_interval_s,
         kv_evictions=sum(n.batcher.kv.evictions for n in cluster.nodes),
+        folded=folded,
     )
+
+
+#: how often (simulated seconds) a folding run checks whether ``fold_rows`` rows have built up
+FOLD_CHECK_S = 10.0
+
+
+def _folder(resolved: ResolvedScenario) -> RunLogFolder:
+    sc = resolved.scenario
+    specs = resolved.node_specs
+    return RunLogFolder(
+        len(specs), (sc.warmup_s, sc.duration_s), sc.duration_s + sc.drain_timeout_s,
+        sc.metrics.bucket_s, sc.metrics.monitor_interval_s, sc.metrics.grade_on,
+        np.array([s.kv_total_blocks for s in specs], dtype=float),
+        np.array([s.batcher.max_num_seqs for s in specs], dtype=float),
+        np.array([s.cost.peak_flops for s in specs], dtype=float),
+        lambda runs: _derive_run_columns(runs, specs))
+
+
+def _fold_every(env: simpy.Environment, recorder: Recorder, folder: RunLogFolder,
+                fold_rows: int) -> Generator[simpy.Event, None, None]:
+    """Fold the recorded rows whenever ``fold_rows`` of them have built up (reads and empties
+    the recorder only; the model's state and order of events are untouched)."""
+    limit = fold_rows * len(RUN_COLUMNS)
+    while True:
+        yield env.timeout(FOLD_CHECK_S)
+        if len(recorder.runs) >= limit or len(recorder.states) >= limit:
+            folder.fold(*recorder.take())
 
 
 def _derive_run_columns(runs: dict[str, np.ndarray], specs: list) -> int:

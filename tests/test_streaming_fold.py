@@ -10,7 +10,7 @@ import pytest
 
 import sim.runner as runner
 from sim import app
-from sim.metrics.fold import RunLogFolder, timeline_columns
+from sim.metrics.fold import RunLogFolder
 from sim.metrics.recorder import Recorder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,11 +78,6 @@ def test_folded_equals_whole_run(grade_on: str, rows: int) -> None:
         qs = [0.5, 0.9, 0.95, 0.99, 0.999]
         assert folded.itl.quantiles(qs) == [itl[k] for k in ("p50", "p90", "p95", "p99",
                                                              "p99.9")]
-    tl = timeline_columns(folded, np.array([x.kv_total_blocks for x in specs], dtype=float),
-                          np.array([x.batcher.max_num_seqs for x in specs], dtype=float))
-    assert list(tl) == list(result.timeline)
-    for key, col in result.timeline.items():
-        assert tl[key] == pytest.approx(col, rel=1e-9, abs=1e-9), key
     bot = s["balance_over_time"]
     load = folded.sense
     mean = load.mean(axis=0)
@@ -98,3 +93,37 @@ def _first_tokens(result: object, sc: object) -> float:
     ft = req["first_token_s"]
     return float((np.isfinite(ft) & (ft >= a) & (ft < b)).sum())
 
+
+
+def _close(a: object, b: object, path: str = "") -> None:
+    """Equal structure; floats equal up to summation order."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), path
+        for key in a:
+            _close(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12, nan_ok=True), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("scenario", ["smoke.yaml", "bursty.yaml"])
+def test_simulate_folding_as_it_goes(scenario: str) -> None:
+    """simulate(fold_rows=...) folds during the run: the same requests bit for bit, the same
+    summary and timeline up to summation order, no node change-point series kept."""
+    resolved = app.load(REPO / "scenarios" / scenario, ["duration_s=80", "warmup_s=10"],
+                        strategies=("least_loaded",))
+    workload = runner.workload_for(resolved, 0)
+    whole = runner.simulate(resolved, resolved.strategies[0], 0, workload)
+    folded = runner.simulate(resolved, resolved.strategies[0], 0, workload, fold_rows=50)
+    for key, col in whole.requests.items():
+        assert np.array_equal(col, folded.requests[key], equal_nan=True), key
+    _close(folded.summary, whole.summary)
+    assert list(folded.timeline) == list(whole.timeline)
+    for key, col in whole.timeline.items():
+        assert folded.timeline[key] == pytest.approx(col, rel=1e-9, abs=1e-9), key
+    assert folded.node_states["t_s"].size == 0

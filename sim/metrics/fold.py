@@ -211,23 +211,3 @@ class RunLogFolder:
             timeline={k: v[:, :n_t - 1] for k, v in self.timeline.items()},
             monitor_edges=m_edges, sense=sense)
 
-
-def timeline_columns(folded: FoldedRunLog, kv_total_blocks: np.ndarray,
-                     max_num_seqs: np.ndarray) -> dict[str, np.ndarray]:
-    """The columns of ``timeline.parquet`` (``summary.timeline``) from the folded sums."""
-    edges = folded.timeline_edges
-    width = np.diff(edges)
-    n = kv_total_blocks.size
-    tl = folded.timeline
-    running = tl["running"] / width
-    return {
-        "node": np.repeat(np.arange(n, dtype=np.int64), width.size),
-        "t_s": np.tile(edges[:-1], n),
-        "busy": (tl["busy"] / width).ravel(),
-        "prefill_tokens_per_s": (tl["prefill_tokens"] / width).ravel(),
-        "decode_tokens_per_s": (tl["decode_tokens"] / width).ravel(),
-        "kv_occupancy": (tl["kv"] / width / kv_total_blocks[:, None]).ravel(),
-        "batch_occupancy": (running / max_num_seqs[:, None]).ravel(),
-        "running": running.ravel(),
-        "waiting": (tl["waiting"] / width).ravel(),
-    }

@@ -139,6 +139,24 @@ class Recorder:
             frame[name] = frame[name].astype(np.int64)
         return frame
 
+    def take(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The run rows and state rows recorded so far, as copied frames (``run_frame``,
+        ``state_frame``), and empty the buffers in place (the nodes keep appending to the same
+        arrays): what a run that folds its records as it goes takes each time."""
+        runs, states = self._copy(self.runs, RUN_COLUMNS), self._copy(self.states, STATE_COLUMNS)
+        del self.runs[:]
+        del self.states[:]
+        for name in ("node", "iterations", "decode_batch", "n_chunks", "prefill_tokens"):
+            runs[name] = runs[name].astype(np.int64)
+        for name in STATE_COLUMNS[1:]:
+            states[name] = states[name].astype(np.int64)
+        return runs, states
+
+    @staticmethod
+    def _copy(values: array, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+        table = np.array(values, dtype=np.float64).reshape(-1, len(columns))
+        return {name: table[:, i] for i, name in enumerate(columns)}
+
     def run_frame(self) -> dict[str, np.ndarray]:
         """The iteration log as numpy columns."""
         frame = self._frame(self.runs, RUN_COLUMNS)

@@ -33,9 +33,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from sim.metrics.fold import FoldedRunLog
 from sim.metrics.disagg import disagg_summary
 from sim.metrics.herding import fold_grade, herding
 from sim.metrics.recorder import LogHistogram
@@ -67,6 +70,9 @@ class RunData:
     router_stats: dict[str, int] = dataclasses.field(default_factory=dict)
     strategy_stats: dict[str, float] = dataclasses.field(default_factory=dict)
     monitor_interval_s: float = 10.0
+    #: the run log and state series folded as the run went (``sim.metrics.fold``): the
+    #: figures come from its sums, ``runs`` and ``states`` are then empty
+    folded: FoldedRunLog | None = None
     _split: list = dataclasses.field(default_factory=list, repr=False)
 
     def by_node(self) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
@@ -259,11 +265,16 @@ def summarize(data: RunData) -> dict[str, object]:
         req["first_token_s"] < b)
     runs = data.runs
     win = np.array([a, b])
-    decode_in_window = spread(runs["start_s"], runs["end_s"],
-                              runs["decode_tokens"].astype(float), win)[0]
-    prefill_in_window = spread(runs["start_s"], runs["end_s"],
-                               runs["prefill_tokens"].astype(float), win)[0]
-    util = _node_utilisation(data)
+    folded = data.folded
+    if folded is not None:
+        decode_in_window, prefill_in_window = folded.decode_in_window, folded.prefill_in_window
+        util = folded.util
+    else:
+        decode_in_window = spread(runs["start_s"], runs["end_s"],
+                                  runs["decode_tokens"].astype(float), win)[0]
+        prefill_in_window = spread(runs["start_s"], runs["end_s"],
+                                   runs["prefill_tokens"].astype(float), win)[0]
+        util = _node_utilisation(data)
     admitted = measured & np.isfinite(req["first_scheduled_s"])
     prompt_admitted = int(req["prompt_tokens"][admitted].sum())
     cached = int(req["cached_tokens"][admitted].sum())
@@ -319,7 +330,8 @@ def _ungraded_if_idle(utilization: dict[str, object], completed: int) -> dict[st
 def _router_section(data: RunData) -> dict[str, float]:
     """What the router's mechanisms did; wasted work as a share of all tokens computed."""
     runs = data.runs
-    computed = float(runs["decode_tokens"].sum() + runs["prefill_tokens"].sum())
+    computed = data.folded.computed_tokens if data.folded else float(
+        runs["decode_tokens"].sum() + runs["prefill_tokens"].sum())
     out: dict[str, float] = dict(data.router_stats)
     wasted = out.get("wasted_tokens", 0)
     out["wasted_token_share"] = wasted / computed if computed else 0.0
@@ -347,11 +359,14 @@ def balance_over_time(data: RunData) -> dict[str, list]:
     """CV, imbalance and grade of the graded load sense across nodes, per monitor interval
     (the monitor of the seed document, computed from the records after the run)."""
     step = data.monitor_interval_s
-    edges = np.arange(0.0, max(data.end_s, step) + step, step)
-    n = data.max_num_seqs.size
-    runs_by_node, states_by_node = data.by_node()
-    load = np.array([_sense_per_node(data, i, runs_by_node[i], states_by_node[i], edges)
-                     for i in range(n)])
+    if data.folded is not None:
+        edges, load = data.folded.monitor_edges, data.folded.sense
+    else:
+        edges = np.arange(0.0, max(data.end_s, step) + step, step)
+        n = data.max_num_seqs.size
+        runs_by_node, states_by_node = data.by_node()
+        load = np.array([_sense_per_node(data, i, runs_by_node[i], states_by_node[i], edges)
+                         for i in range(n)])
     mean = load.mean(axis=0)
     top = load.max(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -374,7 +389,10 @@ def _itl(hist: LogHistogram) -> dict[str, float | None]:
 
 def timeline(data: RunData, bucket_s: float) -> dict[str, np.ndarray]:
     """Per node and time bucket: busy fraction, tokens per second, KV and batch occupancy,
-    mean running and waiting requests (the over-time series behind the report's figures)."""
+    mean running and waiting requests (the over-time series behind the report's figures).
+    From a folded run log, the buckets are those the folder was given."""
+    if data.folded is not None:
+        return _folded_timeline(data.folded, data.kv_total_blocks, data.max_num_seqs)
     n = data.max_num_seqs.size
     end = max(data.end_s, bucket_s)
     edges = np.arange(0.0, end + bucket_s, bucket_s)
@@ -402,3 +420,24 @@ def timeline(data: RunData, bucket_s: float) -> dict[str, np.ndarray]:
             step_integral(t, m["kv_used_blocks"].astype(float), data.end_s, edges)
             / width / data.kv_total_blocks[node])
     return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def _folded_timeline(folded: FoldedRunLog, kv_total_blocks: np.ndarray,
+                     max_num_seqs: np.ndarray) -> dict[str, np.ndarray]:
+    """``timeline``'s columns from the per-node bucket sums of ``sim.metrics.fold``."""
+    edges = folded.timeline_edges
+    width = np.diff(edges)
+    n = kv_total_blocks.size
+    tl = folded.timeline
+    running = tl["running"] / width
+    return {
+        "node": np.repeat(np.arange(n, dtype=np.int64), width.size),
+        "t_s": np.tile(edges[:-1], n),
+        "busy": (tl["busy"] / width).ravel(),
+        "prefill_tokens_per_s": (tl["prefill_tokens"] / width).ravel(),
+        "decode_tokens_per_s": (tl["decode_tokens"] / width).ravel(),
+        "kv_occupancy": (tl["kv"] / width / kv_total_blocks[:, None]).ravel(),
+        "batch_occupancy": (running / max_num_seqs[:, None]).ravel(),
+        "running": running.ravel(),
+        "waiting": (tl["waiting"] / width).ravel(),
+    }
