@@ -301,3 +301,26 @@ def test_per_pool_pair_link_overrides_the_default(tmp_path: Path) -> None:
     moved = np.isfinite(req["transfer_s"])
     np.testing.assert_allclose(req["transfer_s"][moved],
                                10e-6 + req["prompt_tokens"][moved] * KV_BYTES / 1e9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("pair, alone", [("dynamo_disagg", "dynamo_kv"),
+                                         ("llm_d_pd", "llm_d")])
+def test_pair_router_without_roles_routes_like_its_decode_strategy(pair: str,
+                                                                   alone: str) -> None:
+    """In a cluster without roles a P/D router is its decode strategy, hooks included: it
+    spreads the requests as evenly as that strategy on its own and gets the same TTFT tail
+    (its ties draw from another random stream, so not request for request). The KV router
+    was once never told of its own dispatches there and herded onto the cached nodes."""
+    repo = Path(__file__).resolve().parents[1]
+    overrides = ["cluster.node_groups.0.role=mixed", "cluster.node_groups.1.role=mixed",
+                 "duration_s=30", "warmup_s=2"]
+    spread, ttft_p99 = {}, {}
+    for name in (pair, alone):
+        resolved = app.load(repo / "scenarios" / "disagg_long.yaml", overrides,
+                            strategies=(name,))
+        result = simulate(resolved, resolved.strategies[0], 0, workload_for(resolved, 0))
+        counts = np.bincount(result.requests["node"], minlength=8)
+        spread[name] = counts.std() / counts.mean()
+        ttft_p99[name] = result.summary["latency_s"]["ttft"]["p99"]
+    assert spread[pair] < 0.1 and spread[alone] < 0.1
+    assert ttft_p99[pair] < 1.5 * ttft_p99[alone] + 0.05

@@ -142,6 +142,13 @@ class PdPair(Strategy):
         return True
 
     # hooks: each inner strategy sees its own node
+    def on_dispatch(self, request: RequestInfo, node_id: int, now_s: float) -> None:
+        """In a cluster without roles the router reports the node ``choose`` picked: the
+        decode strategy accounts for it (a disaggregated dispatch goes through
+        ``choose_pair``, which charges both strategies itself; the router does not call this
+        then)."""
+        self.decode.on_dispatch(request, node_id, now_s)
+
     def on_first_token(self, request_id: int, node_id: int, now_s: float) -> None:
         # a disaggregated request's first token comes from its prefill node: the decode
         # strategy sees it on its own node (the prompt no longer waits for it there)
