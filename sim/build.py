@@ -148,7 +148,7 @@ def _node_spec(group: NodeGroupSpec, path: str, base_dir: Path) -> NodeSpec:
     tokens = _kv_tokens(group, cost, path)
     bcls, bparams = build_params(batchers, group.batcher, f"{path}.batcher")
     limits = [x for x in (group.max_model_len_tokens, cost.max_model_len) if x is not None]
-    config = bcls.config(bparams, min(limits) if limits else None)
+    config = bcls.make_config(bparams, min(limits) if limits else None)
     if config.max_num_batched_tokens < config.max_num_seqs:
         raise ScenarioError(f"expected at least max_num_seqs ({config.max_num_seqs}), as vLLM "
                             f"requires, got {config.max_num_batched_tokens}",

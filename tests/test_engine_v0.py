@@ -55,7 +55,8 @@ def step(b: V0Batcher, now: float):
     for outcome in outcomes:
         b.table.record(outcome)
     b.check_invariants()
-    assert not b._computed, "a v0 prefill step completes every prompt it starts"
+    assert all(st.computed is None for st in b.reqs.values()), \
+        "a v0 prefill step completes every prompt it starts"
     return shape, [o.request_id for o in outcomes]
 
 
@@ -441,10 +442,10 @@ def test_the_registry_knows_vllm_v0_and_defaults_the_budget_like_v0():
     cls = batchers.get("vllm_v0")
     assert cls is V0Batcher
     params = cls.Params()
-    assert cls.config(params, 8192).max_num_batched_tokens == 8192
-    assert cls.config(params, 1024).max_num_batched_tokens == 2048
-    assert cls.config(params, None).max_num_batched_tokens == 2048
-    assert cls.config(params, None).chunked_prefill is False
+    assert cls.make_config(params, 8192).max_num_batched_tokens == 8192
+    assert cls.make_config(params, 1024).max_num_batched_tokens == 2048
+    assert cls.make_config(params, None).max_num_batched_tokens == 2048
+    assert cls.make_config(params, None).chunked_prefill is False
 
 
 def test_the_documented_v0_snippet_validates(tmp_path):

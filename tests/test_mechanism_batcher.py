@@ -84,7 +84,7 @@ def run_batch(b: AdaptiveBatcher, t: float, duration_s: float) -> float:
     formed = len(b.batch_sizes)
     step(b, t, duration_s)
     assert len(b.batch_sizes) == formed + 1
-    while b.running or b._members_waiting:
+    while b.running or b.admit_window:
         t += 1.0
         step(b, t, duration_s)
     return t + 1.0

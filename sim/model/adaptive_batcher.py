@@ -27,19 +27,23 @@ static batch's TPOT. The price of static batches is TTFT (arrivals wait for the 
 and throughput (slots of finished members idle until the longest member ends). Between batches
 the node is idle or waiting, so a fast-forwarded decode run is never cut by an arrival
 (``can_take_new_work`` is False) and fast-forward equals stepping (tested).
+
+It plugs into ``ContinuousBatcher`` through the batch-policy hooks (``sim.model.batcher``):
+``plan`` forms and closes batches, ``admit_window`` limits admission to the members waiting
+at the head of the queue, ``on_leave`` forgets members, ``observe_run`` times the decodes and
+``next_wakeup`` asks for the ``max_wait_s`` timeout.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 from pydantic import Field, model_validator
 
 from sim.model.batcher import BatcherConfig, ContinuousBatcher, Plan, batchers
 from sim.model.kv_cache import KVCache
-from sim.model.requests import Outcome, RequestTable
+from sim.model.requests import RequestTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,7 @@ class AdaptiveBatcher(ContinuousBatcher):
             return self
 
     @classmethod
-    def config(cls, params: Params, max_model_len: int | None) -> AdaptiveBatcherConfig:
+    def make_config(cls, params: Params, max_model_len: int | None) -> AdaptiveBatcherConfig:
         """Engine limits and batch-size rule from validated parameters."""
         return AdaptiveBatcherConfig(
             params.max_num_seqs, params.max_num_batched_tokens, params.chunked_prefill,
@@ -113,18 +117,11 @@ class AdaptiveBatcher(ContinuousBatcher):
         self.batch_sizes: list[int] = []
         self._batch_open = False
         self._members: set[int] = set()    # members of the open batch not finished
-        self._members_waiting = 0          # of them, those in the queue (a prefix of it)
-        self._enqueued_s: dict[int, float] = {}
+        # admission takes only the open batch's members that wait, a prefix of the queue
+        # (``admit_window``: admitting one takes one, a preemption puts one back)
+        self.admit_window = 0
         self._decode_s = 0.0
         self._decode_tokens = 0
-
-    # -- queue ------------------------------------------------------------------------------
-
-    def enqueue(self, rid: int, now: float) -> Outcome | None:
-        rejected = super().enqueue(rid, now)
-        if rejected is None:
-            self._enqueued_s[rid] = now
-        return rejected
 
     def can_take_new_work(self) -> bool:
         """Never: a running batch admits no one, and between batches the node is not in a
@@ -134,7 +131,7 @@ class AdaptiveBatcher(ContinuousBatcher):
     # -- planning ---------------------------------------------------------------------------
 
     def plan(self, now: float) -> Plan | None:
-        if self._batch_open and not self.running and not self._members_waiting:
+        if self._batch_open and not self.running and not self.admit_window:
             self._batch_open = False
             self._adapt()
         if not self._batch_open:
@@ -147,12 +144,12 @@ class AdaptiveBatcher(ContinuousBatcher):
         if not self.waiting:
             return False
         return (len(self.waiting) >= self.batch_size
-                or now >= self._enqueued_s[self.waiting[0]] + self.rule.max_wait_s)
+                or now >= self.reqs[self.waiting[0]].enqueued_s + self.rule.max_wait_s)
 
     def _form_batch(self) -> None:
         size = min(self.batch_size, len(self.waiting))
         self._members = {self.waiting[i] for i in range(size)}
-        self._members_waiting = size
+        self.admit_window = size
         self._batch_open = True
         self.batch_sizes.append(size)
         self._decode_s = 0.0
@@ -166,71 +163,33 @@ class AdaptiveBatcher(ContinuousBatcher):
         elif len(self.waiting) > max(rule.queue_threshold, self.batch_size):
             self.batch_size = min(rule.max_batch, self.batch_size + rule.step)
 
-    def _admit(self, plan: Plan, budget: int, now: float) -> None:
-        """Admit only the batch's members, which wait at the head of the queue."""
-        m = self._members_waiting
-        if not m:
-            return
-        rest = self.waiting
-        head = deque(rest.popleft() for _ in range(m))
-        self.waiting = head
-        try:
-            super()._admit(plan, budget, now)
-        finally:
-            for rid in [rid for rid, _, _ in plan.chunks if rid in self._enqueued_s]:
-                del self._enqueued_s[rid]
-            self._members_waiting = len(head)
-            rest.extendleft(reversed(head))
-            self.waiting = rest
-
-    def _preempt(self, rid: int, now: float) -> None:
-        super()._preempt(rid, now)
-        self._members_waiting += 1  # back at the head of the queue, still a member
+    # -- batch-policy hooks -----------------------------------------------------------------
 
     def next_wakeup(self, now: float) -> float | None:
         """When the oldest waiting request will have waited ``max_wait_s``."""
-        if self.running or self._members_waiting or not self.waiting:
+        if self.running or self.admit_window or not self.waiting:
             return None
-        return self._enqueued_s[self.waiting[0]] + self.rule.max_wait_s
+        return self.reqs[self.waiting[0]].enqueued_s + self.rule.max_wait_s
 
     def observe_run(self, iterations: int, duration_s: float, decode_batch: int) -> None:
         """Accumulate the time decoding requests waited per token in this batch."""
         self._decode_s += decode_batch * duration_s
         self._decode_tokens += decode_batch * iterations
 
-    def _finish(self, rid: int, kv_tokens: int, now: float,
-                held: int | None = None) -> Outcome:
-        self._members.discard(rid)
-        return super()._finish(rid, kv_tokens, now, held)
-
-    # -- withdrawals ------------------------------------------------------------------------
-
-    def cancel(self, rid: int, now: float) -> Outcome | None:
-        waiting_member = rid in self._members and rid not in self.running
-        outcome = super().cancel(rid, now)
-        if outcome is not None:
-            self._forget(rid, waiting_member)
-        return outcome
-
-    def take_waiting(self, rid: int) -> bool:
-        waiting_member = rid in self._members
-        taken = super().take_waiting(rid)
-        if taken:
-            self._forget(rid, waiting_member)
-        return taken
-
-    def _forget(self, rid: int, waiting_member: bool) -> None:
-        self._enqueued_s.pop(rid, None)
-        self._members.discard(rid)
-        if waiting_member:
-            self._members_waiting -= 1
+    def on_leave(self, rid: int, waiting: bool) -> None:
+        """A member that leaves is no longer one; one that leaves from the queue shrinks
+        the admission window."""
+        if rid in self._members:
+            self._members.discard(rid)
+            if waiting:
+                self.admit_window -= 1
 
     def check_invariants(self) -> None:
         """The continuous batcher's invariants, plus: only members run, and the members
         waiting are exactly the head of the queue."""
         super().check_invariants()
         assert set(self.running) <= self._members, (self.running, self._members)
-        head = set(list(self.waiting)[: self._members_waiting])
+        head = set(list(self.waiting)[: self.admit_window])
         assert head == self._members - set(self.running), (head, self._members)
         assert self.rule.min_batch <= self.batch_size <= self.rule.max_batch
         assert math.isfinite(self._decode_s)

@@ -29,6 +29,23 @@ Decoding requests need O(1) work per iteration (``sim.model.decode_set``: with a
 counter, sums over the batch and a heap of finish iterations replace per-request loops). This
 also gives the length of a run of identical decode iterations in closed form
 (``decode_run_limit``), which the node fast-forwards.
+
+The batcher is split by concern:
+
+* this module: the engine limits, the plan, queueing, planning (what the next iteration
+  runs), fast-forward, applying finished iterations, and the batch-policy hooks;
+* ``sim.model.request_state``: the per-request record (``RequestState``, slotted);
+* ``sim.model.batcher_kv``: KV bookkeeping (admission's blocks, publication, release);
+* ``sim.model.batcher_lifecycle``: decode phase, preemption, finishing, cancellation;
+* ``sim.model.decode_set``: the decoding requests in aggregate.
+
+**Batch-policy hooks.** A batch policy (``sim.model.adaptive_batcher``,
+``sim.model.batcher_v0``) subclasses ``ContinuousBatcher`` and overrides only public methods
+(``plan``, ``apply``, ``can_take_new_work``, ``decode_run_limit``, ``check_invariants``) and
+these hooks: ``admit_window`` (how many requests at the head of the queue admission may take),
+``on_leave`` (a request left the node), ``observe_run`` with ``observes_runs`` (how long an
+iteration or run took), ``next_wakeup`` (when to plan again while waiting on purpose) and
+``decode_clock_stalls`` (prefill steps do not advance the decode clock).
 """
 
 from __future__ import annotations
@@ -39,13 +56,18 @@ from dataclasses import dataclass, field
 
 from pydantic import Field
 
+from sim.model.batcher_lifecycle import RequestLifecycle
 from sim.model.decode_set import DecodeSet
 from sim.model.kv_cache import KVCache
-from sim.model.requests import CANCELLED, COMPLETED, REJECTED, UNFINISHED, Outcome, RequestTable
+from sim.model.request_state import RequestState
+from sim.model.requests import REJECTED, Outcome, RequestTable
 from sim.registry import Registry
 from sim.spec import StrictModel
 
 batchers: Registry[type[ContinuousBatcher]] = Registry("batcher")
+
+#: ``admit_window`` of a policy that does not restrict admission
+UNLIMITED = 1 << 62
 
 
 @dataclass(slots=True)
@@ -73,7 +95,7 @@ class BatcherConfig:
 
 
 @batchers.register("continuous")
-class ContinuousBatcher:
+class ContinuousBatcher(RequestLifecycle):
     """Waiting queue, running batch and KV cache of one node (continuous batching)."""
 
     class Params(StrictModel):
@@ -85,8 +107,8 @@ class ContinuousBatcher:
         chunked_prefill: bool = True
 
     @classmethod
-    def config(cls, params: Params, max_model_len: int | None) -> BatcherConfig:
-        """Engine limits from validated parameters."""
+    def make_config(cls, params: Params, max_model_len: int | None) -> BatcherConfig:
+        """Engine limits from validated parameters (the instance keeps them as ``config``)."""
         return BatcherConfig(params.max_num_seqs, params.max_num_batched_tokens,
                              params.chunked_prefill, max_model_len)
 
@@ -109,18 +131,15 @@ class ContinuousBatcher:
         self.waiting: deque[int] = deque()
         #: running requests in admission order (dict as an ordered set)
         self.running: dict[int, None] = {}
+        #: the running request whose prefill continues in the next iteration, if any
         self.partial: int | None = None
+        #: the decode clock: iterations in which the decode set decoded
         self.it = 0
-        # per-request state of requests on this node
-        self._seq: dict[int, int] = {}          # prompt + generated tokens
-        self._computed: dict[int, int] = {}     # tokens with KV, prefill phase
-        self._held: dict[int, int] = {}         # blocks held, prefill phase
-        self._spans: dict[int, list[tuple[int, int]]] = {}  # shareable blocks (kv_cache.Span)
-        self._holding: dict[int, list[list[int]]] = {}       # cached blocks held (kv_cache)
-        self._preempted_at: dict[int, float] = {}
-        #: per request on this node: [first scheduled s, first token s, cached tokens,
-        #: recomputed tokens, preemptions, computed tokens, KV tokens when decoding began]
-        self._meta: dict[int, list] = {}
+        #: the record of every request on this node (queued or running)
+        self.reqs: dict[int, RequestState] = {}
+        #: batch-policy hook: how many requests at the head of the queue admission may take
+        #: (admitting one takes one, a preemption gives one back); unlimited here
+        self.admit_window = UNLIMITED
         #: requests whose first token came in the last ``apply``
         self.first_tokens: list[int] = []
         self._dec = DecodeSet(bs)
@@ -135,22 +154,19 @@ class ContinuousBatcher:
         #: exponentially weighted recent TTFT and E2E of completions (weight 0.1), for telemetry
         self.recent_ttft_s = math.nan
         self.recent_e2e_s = math.nan
-        #: requests whose prompt KV arrived from a prefill node (disaggregated serving):
-        #: request id -> prompt tokens with KV, until admitted
-        self._remote: dict[int, int] = {}
 
     # -- queue ------------------------------------------------------------------------------
 
     def enqueue(self, rid: int, now: float) -> Outcome | None:
         """Queue a request; if this engine can never serve it, return its rejection."""
         t = self.table
-        if t.prompt_tokens[rid] + t.max_output_tokens[rid] > self.max_model_len:
+        prompt = t.prompt_tokens[rid]
+        if prompt + t.max_output_tokens[rid] > self.max_model_len:
             nan = math.nan
             return Outcome(rid, self.node_id, REJECTED, nan, nan, now, 0, 0, 0, 0, 0)
         self.waiting.append(rid)
-        self._seq[rid] = t.prompt_tokens[rid]
-        self.waiting_tokens += t.prompt_tokens[rid]
-        self._meta[rid] = [math.nan, math.nan, 0, 0, 0, 0, 0]
+        self.reqs[rid] = RequestState(prompt, now)
+        self.waiting_tokens += prompt
         return None
 
     def enqueue_transferred(self, rid: int, now: float, outcome: Outcome) -> Outcome | None:
@@ -167,29 +183,34 @@ class ContinuousBatcher:
                            outcome.cached_tokens, outcome.recomputed_tokens,
                            outcome.preemptions, outcome.computed_tokens)
         self.waiting.append(rid)
-        self._seq[rid] = prompt + 1
+        st = RequestState(prompt + 1, now)
+        st.first_scheduled_s = outcome.first_scheduled_s
+        st.first_token_s = outcome.first_token_s
+        st.cached_tokens = outcome.cached_tokens
+        st.recomputed_tokens = outcome.recomputed_tokens
+        st.preemptions = outcome.preemptions
+        st.computed_tokens = outcome.computed_tokens
+        st.remote_prompt = prompt
+        self.reqs[rid] = st
         self.waiting_tokens += prompt + 1
-        self._meta[rid] = [outcome.first_scheduled_s, outcome.first_token_s,
-                           outcome.cached_tokens, outcome.recomputed_tokens,
-                           outcome.preemptions, outcome.computed_tokens, 0]
-        self._remote[rid] = prompt
         return None
 
-    def _admit_transferred(self, plan: Plan, rid: int) -> bool:
+    def _admit_transferred(self, plan: Plan, rid: int, st: RequestState) -> bool:
         """Admit the queue head whose prompt KV was transferred here, if its blocks fit."""
         kv = self.kv
-        prompt = self._remote[rid]
+        prompt = st.remote_prompt
+        assert prompt is not None
         need = kv.blocks_for(prompt + 1)
         if need > kv.free_blocks:
             return False
-        del self._remote[rid]
+        st.remote_prompt = None
         self.waiting.popleft()
+        self.admit_window -= 1
         self.waiting_tokens -= prompt + 1
-        self._spans[rid] = []
-        self._holding[rid] = []
+        st.spans = []
         kv.allocate(need)
-        self._held[rid] = need
-        self._computed[rid] = prompt
+        st.held = need
+        st.computed = prompt
         self.running[rid] = None
         self._add_chunk(plan, rid, 1, prompt)
         return True
@@ -254,28 +275,32 @@ class ContinuousBatcher:
     def _continue_partial(self, plan: Plan, budget: int, now: float) -> int:
         rid = self.partial
         assert rid is not None
-        done = self._computed[rid]
-        chunk = min(self._seq[rid] - done, budget)
-        extra = self.kv.blocks_for(done + chunk) - self._held[rid]
+        st = self.reqs[rid]
+        done = st.computed
+        assert done is not None
+        chunk = min(st.seq - done, budget)
+        extra = self.kv.blocks_for(done + chunk) - st.held
         if extra > self.kv.free_blocks:
             self._preempt(rid, now)
             return budget
         self.kv.allocate(extra)
-        self._held[rid] += extra
+        st.held += extra
         self._add_chunk(plan, rid, chunk, done)
         return budget - chunk
 
     def _admit(self, plan: Plan, budget: int, now: float) -> None:
-        kv, config = self.kv, self.config
-        while self.waiting and budget > 0 and len(self.running) < config.max_num_seqs:
+        kv, config, reqs = self.kv, self.config, self.reqs
+        while (self.waiting and budget > 0 and len(self.running) < config.max_num_seqs
+               and self.admit_window > 0):
             rid = self.waiting[0]
-            if self._remote and rid in self._remote:
-                if not self._admit_transferred(plan, rid):
+            st = reqs[rid]
+            if st.remote_prompt is not None:
+                if not self._admit_transferred(plan, rid, st):
                     return
                 budget -= 1
                 continue
-            seq = self._seq[rid]
-            spans = self._prefix_spans(rid)
+            seq = st.seq
+            spans = self._prefix_spans(rid, st)
             hit = kv.match(spans, (seq - 1) // kv.block_size) if spans else 0
             cached = hit * kv.block_size
             todo = seq - cached
@@ -287,19 +312,7 @@ class ContinuousBatcher:
             # hit blocks that sit in the evictable pool also take free blocks
             if new_blocks + hit > free and new_blocks + kv.evictable_among(spans, hit) > free:
                 return
-            self.waiting.popleft()
-            self.waiting_tokens -= seq
-            self._holding[rid] = kv.acquire(spans, hit)
-            kv.allocate(new_blocks)
-            self._held[rid] = hit + new_blocks
-            self._computed[rid] = cached
-            self.running[rid] = None
-            meta = self._meta[rid]
-            if meta[0] != meta[0]:  # NaN: first admission
-                meta[0] = now
-                meta[2] = cached
-            else:
-                meta[3] += todo
+            self._start_prefill(rid, st, spans, hit, cached, new_blocks, now)
             self._add_chunk(plan, rid, chunk, cached)
             budget -= chunk
             if chunk < todo:
@@ -311,16 +324,6 @@ class ContinuousBatcher:
         plan.chunks.append((rid, chunk, done))
         plan.prefill_tokens += chunk
         plan.prefill_pairs += chunk * done + chunk * (chunk + 1) // 2
-
-    def _prefix_spans(self, rid: int) -> list[tuple[int, int]]:
-        spans = self._spans.get(rid)
-        if spans is None:
-            if self.kv.prefix_caching and self.table.has_shareable_prefix(rid):
-                spans = self.table.prompt_spans(rid, self.kv.block_size)
-            else:
-                spans = []
-            self._spans[rid] = spans
-        return spans
 
     # -- fast-forward -----------------------------------------------------------------------
 
@@ -357,196 +360,14 @@ class ContinuousBatcher:
         return (self.kv.used_blocks + self._dec.blocks(self.it + iterations_started)
                 - self._dec.blocks(self.it + 1))
 
-    # -- applying ---------------------------------------------------------------------------
-
-    def apply(self, plan: Plan, iterations: int, now: float) -> list[Outcome]:
-        """Account for ``iterations`` finished iterations of ``plan``; return the requests
-        that finished (requests whose first token came are left in ``first_tokens``)."""
-        first = self.it + 1
-        self.it += iterations
-        if iterations > 1:
-            self.kv.allocate(self._dec.blocks(self.it) - self._dec.blocks(first))
-        finished: list[Outcome] = []
-        if self.first_tokens:
-            self.first_tokens.clear()
-        heap = self._dec.finish_heap
-        if heap and heap[0][0] <= self.it:
-            for rid in self._dec.pop_finished(self.it):
-                self._leave_decode(rid)
-                finished.append(self._finish(rid, self._seq[rid] - 1, now))
-        for rid, chunk, done in plan.chunks:
-            self._meta[rid][5] += chunk
-            outcome = self._complete_chunk(rid, done + chunk, now)
-            if outcome is not None:
-                finished.append(outcome)
-        return finished
-
-    def _complete_chunk(self, rid: int, computed: int, now: float) -> Outcome | None:
-        """Record a computed chunk; return the outcome if the request finished."""
-        self._publish(rid, computed)
-        seq = self._seq[rid]
-        if computed < seq:
-            self._computed[rid] = computed
-            return None
-        if self.partial == rid:
-            self.partial = None
-        table = self.table
-        generated = seq - table.prompt_tokens[rid] + 1
-        self._seq[rid] = seq + 1
-        if generated == 1:
-            self._meta[rid][1] = now
-            self.first_tokens.append(rid)
-        elif rid in self._preempted_at:
-            self.preemption_gaps.append((now, now - self._preempted_at.pop(rid)))
-        held = self._held.pop(rid)
-        del self._computed[rid]
-        if generated == table.output_tokens[rid]:
-            return self._finish(rid, seq, now, held)
-        if self.prefill_only:
-            return self._hand_off(rid, seq, now, held)
-        self._join_decode(rid, seq)
-        return None
-
-    #: a prefill node of a disaggregated cluster: a request leaves at its first token
-    prefill_only = False
-
-    def _hand_off(self, rid: int, kv_tokens: int, now: float, held: int) -> Outcome:
-        """The first token is out: the request leaves this prefill node (its blocks freed,
-        shareable ones staying cached) with status COMPLETED and one token generated; the
-        cluster moves its KV to a decode node."""
-        self._release(rid, kv_tokens, held)
-        del self.running[rid]
-        del self._seq[rid]
-        ttft = self._meta[rid][1] - self.table.arrival_s[rid]
-        if self.recent_ttft_s != self.recent_ttft_s:  # NaN: first hand-off
-            self.recent_ttft_s = ttft
-        else:
-            self.recent_ttft_s += 0.1 * (ttft - self.recent_ttft_s)
-        return self._outcome(rid, COMPLETED, now, 1)
-
-    def _publish(self, rid: int, computed: int) -> None:
-        """Make the request's newly full, shareable prompt blocks hittable by others."""
-        spans = self._spans.get(rid)
-        if spans:
-            self.kv.publish(self._holding[rid], spans, computed // self.kv.block_size)
-
-    def _join_decode(self, rid: int, kv_tokens: int) -> None:
-        # the request holds blocks_for(kv_tokens) blocks (check_invariants verifies it)
-        self._meta[rid][6] = kv_tokens
-        table = self.table
-        generated = kv_tokens - table.prompt_tokens[rid] + 1
-        self._dec.join(rid, kv_tokens, self.it, table.output_tokens[rid] - generated)
-
-    def _leave_decode(self, rid: int) -> int:
-        """Remove a request from the decode set; return its KV token count."""
-        kv_tokens = self._dec.leave(rid, self.it)
-        self._seq[rid] = kv_tokens + 1
-        meta = self._meta[rid]
-        meta[5] += kv_tokens - meta[6]  # one token computed per decode iteration
-        return kv_tokens
-
-    def _release(self, rid: int, kv_tokens: int, held: int | None = None,
-                 preempted: bool = False) -> None:
-        """Free a request's blocks, leaving reusable full blocks cached.
-
-        On completion only blocks a later request reuses (a session's next turn) are cached;
-        on preemption all full blocks are, so the recomputation can hit what survives.
-        """
-        kv = self.kv
-        if held is None:
-            held = kv.blocks_for(kv_tokens)
-        holding = self._holding.pop(rid, ())
-        private = held
-        for _, n in holding:
-            private -= n
-        if kv.prefix_caching:
-            table = self.table
-            if preempted:
-                spans = table.own_spans(rid, kv.block_size, kv_tokens)
-                self._spans[rid] = spans
-            else:
-                spans = table.sequence_spans(rid, kv.block_size, kv_tokens)
-                self._spans.pop(rid, None)
-            if spans:
-                private -= kv.publish(holding, spans, kv_tokens // kv.block_size, ref=0)
-        kv.free(private)
-        if holding:
-            kv.release(holding)
-
-    def _finish(self, rid: int, kv_tokens: int, now: float, held: int | None = None) -> Outcome:
-        self._release(rid, kv_tokens, held)
-        del self.running[rid]
-        del self._seq[rid]
-        arrival = self.table.arrival_s[rid]
-        if self.recent_e2e_s != self.recent_e2e_s:  # NaN: first completion
-            self.recent_e2e_s = now - arrival
-            self.recent_ttft_s = self._meta[rid][1] - arrival
-        else:
-            self.recent_e2e_s += 0.1 * (now - arrival - self.recent_e2e_s)
-            self.recent_ttft_s += 0.1 * (self._meta[rid][1] - arrival - self.recent_ttft_s)
-        return self._outcome(rid, COMPLETED, now, self.table.output_tokens[rid])
-
-    def _outcome(self, rid: int, status: int, finish_s: float, generated: int) -> Outcome:
-        meta = self._meta.pop(rid)
-        self._preempted_at.pop(rid, None)
-        return Outcome(rid, self.node_id, status, meta[0], meta[1], finish_s, generated,
-                       meta[2], meta[3], meta[4], meta[5])
-
-    def cancel(self, rid: int, now: float) -> Outcome | None:
-        """Withdraw a request from this node (at an iteration boundary), freeing its blocks.
-
-        Returns its outcome (status CANCELLED, with the work it cost), or None if it is not
-        here any more.
-        """
-        if rid not in self._meta:
-            return None
-        generated = self.generated(rid)
-        if rid in self.running:
-            if rid == self.partial:
-                self.partial = None
-                self._release(rid, self._computed.pop(rid), self._held.pop(rid))
-            else:
-                self._release(rid, self._leave_decode(rid))
-            del self.running[rid]
-        else:
-            self.waiting.remove(rid)
-            self.waiting_tokens -= self._seq[rid]
-            self._spans.pop(rid, None)
-            self._remote.pop(rid, None)
-        del self._seq[rid]
-        return self._outcome(rid, CANCELLED, now, generated)
-
-    def take_waiting(self, rid: int) -> bool:
-        """Remove a request that is queued here and has never started (for rebalancing)."""
-        meta = self._meta.get(rid)
-        if meta is None or meta[0] == meta[0] or rid in self.running:
-            return False
-        self.waiting.remove(rid)
-        self.waiting_tokens -= self._seq.pop(rid)
-        del self._meta[rid]
-        self._spans.pop(rid, None)
-        return True
-
-    def _preempt(self, rid: int, now: float) -> None:
-        """Free a running request's blocks and put it back at the head of the queue."""
-        if rid == self.partial:
-            self.partial = None
-            kv_tokens = self._computed.pop(rid)
-            self._release(rid, kv_tokens, self._held.pop(rid), preempted=True)
-        else:
-            kv_tokens = self._leave_decode(rid)
-            self._release(rid, kv_tokens, preempted=True)
-            self._preempted_at[rid] = now
-        del self.running[rid]
-        self.waiting.appendleft(rid)
-        self.waiting_tokens += self._seq[rid]
-        self._meta[rid][4] += 1
-        self.preemptions += 1
-
-    # -- hooks for batch policies that adapt or wait -------------------------------------
+    # -- batch-policy hooks -----------------------------------------------------------------
 
     #: True for policies that use ``observe_run`` (the node skips the call otherwise)
     observes_runs = False
+
+    #: True for policies whose prefill steps do not advance the decode clock ``it`` (vLLM v0's
+    #: prefill-only steps): a request leaving the decode set early then drops its finish entry
+    decode_clock_stalls = False
 
     def observe_run(self, iterations: int, duration_s: float, decode_batch: int) -> None:
         """Told after each iteration or decode run how long it took (for adaptive policies)."""
@@ -556,40 +377,30 @@ class ContinuousBatcher:
         wants to plan again (a batching timeout), or None. Continuous batching never waits."""
         return None
 
-    # -- observation ------------------------------------------------------------------------
+    def on_leave(self, rid: int, waiting: bool) -> None:
+        """Told when a request leaves this node (finished, handed off, cancelled or taken
+        back; ``waiting``: it left from the queue). Its record is already gone."""
 
-    def in_flight(self, now: float) -> list[Outcome]:
-        """Snapshots of the requests still here (status UNFINISHED), for the end of a run."""
-        out = []
-        for rid in [*self.waiting, *self.running]:
-            meta = self._meta[rid]
-            done = meta[5] + (self._dec.kv_tokens(rid, self.it) - meta[6]
-                              if rid in self._dec else 0)
-            out.append(Outcome(rid, self.node_id, UNFINISHED, meta[0], meta[1], math.nan,
-                               self.generated(rid), meta[2], meta[3], meta[4], done))
-        return out
-
-    def generated(self, rid: int) -> int:
-        """Tokens generated so far by a request on this node."""
-        if rid in self._dec:
-            return self._dec.kv_tokens(rid, self.it) - self.table.prompt_tokens[rid] + 1
-        return self._seq[rid] - self.table.prompt_tokens[rid]
+    # -- checks -----------------------------------------------------------------------------
 
     def check_invariants(self) -> None:
         """Raise AssertionError when the batcher's bookkeeping is inconsistent."""
         self.kv.check_invariants()
+        reqs = self.reqs
         assert self.partial is None or self.partial in self.running
         assert not (set(self.waiting) & set(self.running))
+        assert set(reqs) == set(self.waiting) | set(self.running)
         offsets = self._dec.offsets()
         decoders = set(offsets)
-        prefilling = set(self._computed) - set(self.waiting)
+        prefilling = {r for r, st in reqs.items() if st.computed is not None}
+        assert not prefilling & set(self.waiting)
         assert decoders | prefilling == set(self.running), (decoders, prefilling, self.running)
         assert len(self.running) <= self.config.max_num_seqs
         held = sum(self.kv.blocks_for(a + self.it) for a in offsets.values())
-        held += sum(self._held[r] for r in prefilling)
-        shared = sum(n for r in self.running for _, n in self._holding.get(r, []))
+        held += sum(reqs[r].held for r in prefilling)
+        shared = sum(n for r in self.running for _, n in reqs[r].holding)
         assert held - shared == self.kv.private, (held, shared, self.kv.private)
         assert self._dec.blocks(self.it) == sum(
             self.kv.blocks_for(a + self.it) for a in offsets.values())
         assert self._dec.sum_a == sum(offsets.values())
-        assert self.waiting_tokens == sum(self._seq[r] for r in self.waiting)
+        assert self.waiting_tokens == sum(reqs[r].seq for r in self.waiting)

@@ -52,6 +52,10 @@ batcher, whose rules it shares except the watermark and the one-block-per-decode
 ``delay_factor`` prefill delay (0 by default), beam search / ``n > 1``, swapping, and the
 0.4.x arrival-time sorting of the running queue.
 
+It plugs into ``ContinuousBatcher`` through public methods and hooks (``sim.model.batcher``):
+it replaces ``plan``, ``apply`` (a prefill-only step does not advance the decode clock) and
+``decode_run_limit``, and sets ``decode_clock_stalls``.
+
 **Fast-forward.** During a run of decode steps nothing makes the queue head admissible: the
 budget and the batch size do not change, free blocks only shrink (evicting a cached block does
 not change ``free_blocks``, which counts evictable blocks) and v0 ignores prefix hits when it
@@ -64,7 +68,6 @@ check). Fast-forward therefore equals stepping (``tests/test_engine_v0.py``).
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 
 from pydantic import Field
@@ -112,7 +115,7 @@ class V0Batcher(ContinuousBatcher):
                                                          "tokens a prefill step may hold")
 
     @classmethod
-    def config(cls, params: Params, max_model_len: int | None) -> V0BatcherConfig:
+    def make_config(cls, params: Params, max_model_len: int | None) -> V0BatcherConfig:
         """Engine limits from validated parameters."""
         budget = params.max_num_batched_tokens
         if budget is None:
@@ -160,7 +163,7 @@ class V0Batcher(ContinuousBatcher):
         if not dec.n:
             return None
         preempted = self.preemptions
-        self._reserve_decode_growth(now)
+        self._reserve_v0_decode_growth(now)
         if self.preemptions != preempted:
             self.preempted_in_plan = True
             if not dec.n:
@@ -182,7 +185,8 @@ class V0Batcher(ContinuousBatcher):
         total = longest = n = 0
         while self.waiting and seqs_left > n:
             rid = self.waiting[0]
-            seq = self._seq[rid]
+            st = self.reqs[rid]
+            seq = st.seq
             if kv.free_blocks - kv.blocks_for(seq) < watermark:
                 break  # AllocStatus.LATER
             if v0.pad_prefill:
@@ -195,23 +199,10 @@ class V0Batcher(ContinuousBatcher):
                 break
             total += seq
             n += 1
-            spans = self._prefix_spans(rid)
+            spans = self._prefix_spans(rid, st)
             hit = kv.match(spans, (seq - 1) // bs) if spans else 0
             cached = hit * bs
-            new_blocks = kv.blocks_for(seq) - hit
-            self.waiting.popleft()
-            self.waiting_tokens -= seq
-            self._holding[rid] = kv.acquire(spans, hit)
-            kv.allocate(new_blocks)
-            self._held[rid] = hit + new_blocks
-            self._computed[rid] = cached
-            self.running[rid] = None
-            meta = self._meta[rid]
-            if meta[0] != meta[0]:  # NaN: first admission
-                meta[0] = now
-                meta[2] = cached
-            else:
-                meta[3] += seq - cached
+            self._start_prefill(rid, st, spans, hit, cached, kv.blocks_for(seq) - hit, now)
             self._add_chunk(plan, rid, seq - cached, cached)
         if not n:
             return False
@@ -219,7 +210,7 @@ class V0Batcher(ContinuousBatcher):
         plan.decode_ctx_sum = 0
         return True
 
-    def _reserve_decode_growth(self, now: float) -> None:
+    def _reserve_v0_decode_growth(self, now: float) -> None:
         """Allocate the decodes' new blocks, preempting the newest running request while v0's
         one-free-block-per-decode check fails (see the module docstring, rule 5)."""
         dec, kv = self._dec, self.kv
@@ -237,6 +228,9 @@ class V0Batcher(ContinuousBatcher):
         rid = next(reversed(self.running))
         return (self._dec.kv_tokens(rid, self.it)) % self.kv.block_size == 0
 
+    #: prefill-only steps stall the decodes (see ``apply``)
+    decode_clock_stalls = True
+
     def apply(self, plan: Plan, iterations: int, now: float) -> list[Outcome]:
         """As ``ContinuousBatcher.apply``; a prefill-only step does not advance the decode
         clock ``it`` (the decode set counts the steps in which its requests decode, and they
@@ -244,35 +238,6 @@ class V0Batcher(ContinuousBatcher):
         if plan.chunks:
             self.it -= iterations
         return super().apply(plan, iterations, now)
-
-    def _preempt(self, rid: int, now: float) -> None:
-        """As ``ContinuousBatcher._preempt``, also dropping the victim's finish entry."""
-        super()._preempt(rid, now)
-        self._drop_finish_entry(rid)
-
-    def cancel(self, rid: int, now: float) -> Outcome | None:
-        """As ``ContinuousBatcher.cancel``, also dropping a decoding request's finish entry
-        (a retry may bring the same request back to this node)."""
-        decoding = rid in self._dec
-        outcome = super().cancel(rid, now)
-        if decoding:
-            self._drop_finish_entry(rid)
-        return outcome
-
-    def _drop_finish_entry(self, rid: int) -> None:
-        """Remove a request's stale entry from the decode set's finish heap.
-
-        The decode clock stands still in prefill steps, so a request that leaves the decode
-        set (preempted, or cancelled and sent here again) and is prefilled in the next step
-        rejoins with the same finish iteration as its stale entry, which
-        ``DecodeSet.pop_finished`` would then return twice. O(batch), once per preemption or
-        cancellation, never per step.
-        """
-        heap = self._dec.finish_heap
-        kept = [entry for entry in heap if entry[1] != rid]
-        if len(kept) != len(heap):
-            heap[:] = kept
-            heapq.heapify(heap)
 
     # -- fast-forward -----------------------------------------------------------------------
 

@@ -106,3 +106,17 @@ class DecodeSet:
             if fin.get(rid) == end:
                 done.append(rid)
         return done
+
+    def drop_finish_entry(self, rid: int) -> None:
+        """Remove a request's stale entries from the finish heap (after ``leave``).
+
+        Needed only where the iteration counter can stand still (vLLM v0's prefill-only steps):
+        a request that leaves and rejoins in the same iteration would otherwise have a stale
+        entry equal to its new one, which ``pop_finished`` would return twice. O(set size),
+        once per preemption or cancellation, never per iteration.
+        """
+        heap = self.finish_heap
+        kept = [entry for entry in heap if entry[1] != rid]
+        if len(kept) != len(heap):
+            heap[:] = kept
+            heapq.heapify(heap)

@@ -241,7 +241,7 @@ class Disaggregation:
         """Every place request ``rid`` is in now (for the conservation check: at most one)."""
         places = []
         for node, info in zip(self.cluster.nodes, self.cluster.infos, strict=True):
-            if rid in node.batcher._meta:
+            if node.batcher.holds(rid):
                 places.append(f"{info.role}:{info.node_id}")
         if rid in self.in_transfer:
             places.append("transfer")
