@@ -11,6 +11,11 @@ series use 60 s buckets (a 1 s timeline of 512 nodes over a day would be 44M row
 
     python benchmarks/bench_fleet.py --requests 1000000
     python benchmarks/bench_fleet.py --requests 3000000 --fold 1000000
+    python benchmarks/bench_fleet.py --requests 10000000 --stream
+
+``--stream`` draws the day an hour at a time and streams the requests through the run
+(``sim.runner_stream``): bounded memory whatever the number of requests. It is another draw of
+the same traffic than the whole-workload one (``sim.workload.stream``).
 
 Run each size in its own process: peak memory is the process's high-water mark. With
 ``--out`` the result directory is written too (``requests.parquet`` in row groups).
@@ -39,6 +44,9 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=None, metavar="ROWS",
                         help="fold the run log and node series every ROWS rows "
                              "(sim.runner.simulate's fold_rows) instead of keeping them")
+    parser.add_argument("--stream", action="store_true",
+                        help="stream the requests in by the hour of the day and the records "
+                             "out by page (sim.runner_stream; folds every --fold or 1M rows)")
     parser.add_argument("--out", type=Path, default=None,
                         help="also write the result directory under this folder")
     args = parser.parse_args()
@@ -60,25 +68,31 @@ def main() -> None:
         "metrics.bucket_s=60", "metrics.monitor_interval_s=60",
     ]
     resolved = app.load(HERE / "scenarios" / "conv.yaml", overrides, limits=False)
-    workload = workload_for(resolved, 0)
-    t1 = time.perf_counter()
-    rss_workload = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = simulate(resolved, resolved.strategies[0], 0, workload, fold_rows=args.fold)
+    if args.stream:
+        result, n, t1, rss_workload = _streamed(resolved, period, args)
+    else:
+        workload = workload_for(resolved, 0)
+        n = len(workload)
+        t1 = time.perf_counter()
+        rss_workload = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = simulate(resolved, resolved.strategies[0], 0, workload, fold_rows=args.fold)
+        del workload
     t2 = time.perf_counter()
-    if args.out is not None:
+    if args.out is not None and not args.stream:
         app._write(resolved, result, args.out, True)
     t3 = time.perf_counter()
     c3 = time.process_time()
-    n = len(workload)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"fleet: {args.nodes} nodes, {n:,} requests over {period:,.0f} s, "
-          f"{'folding every ' + format(args.fold, ',') + ' rows' if args.fold else 'whole log'} "
+    mode = ("streamed" if args.stream else "folding every " + format(args.fold, ",") + " rows"
+            if args.fold else "whole log")
+    print(f"fleet: {args.nodes} nodes, {n:,} requests over {period:,.0f} s, {mode} "
           f"(mean {mean_rps:.1f} req/s, {mean_rps / args.nodes:.3f} per node)")
     print(f"  imports, load, workload  {t1 - t0:8.1f} s   (max RSS then {rss_workload:,.0f} MB)")
     print(f"  simulation loop          {result.wall_s:8.1f} s  -> {n / result.wall_s:9,.0f} "
-          f"requests/s, {result.events / n:.2f} events per request")
+          f"requests/s, {result.events / n:.2f} events per request, "
+          f"{result.cpu_s * 1e6 / n:.0f} us of CPU per request")
     print(f"  summary and timeline     {t2 - t1 - result.wall_s:8.1f} s")
-    if args.out is not None:
+    if args.out is not None and not args.stream:
         print(f"  writing results          {t3 - t2:8.1f} s")
     print(f"  whole run                {t3 - t0:8.1f} s wall, {c3 - c0:.1f} s CPU")
     print(f"  peak memory (max RSS)    {peak:8,.0f} MB ({peak * 1024 * 1024 / n:,.0f} bytes "
@@ -86,6 +100,28 @@ def main() -> None:
     s = result.summary
     print(f"  sanity: completed {s['requests']['completed']:,}, "  # type: ignore[index]
           f"p99 TTFT {s['latency_s']['ttft']['p99']:.3f} s")  # type: ignore[index]
+
+
+def _streamed(resolved: object, period: float,
+              args: argparse.Namespace) -> tuple[object, int, float, float]:
+    """The day drawn an hour at a time and streamed through the run."""
+    from sim.runner_stream import simulate_streamed
+    from sim.workload.replay import node_limits
+    from sim.workload.stream import ChunkSource, iter_chunks
+
+    sc = resolved.scenario  # type: ignore[attr-defined]
+    chunks = iter_chunks(sc.workload, sc.duration_s, sc.seed, chunk_s=period / 24,
+                         limits=node_limits(resolved.node_specs))  # type: ignore[attr-defined]
+    source = ChunkSource(chunks)
+    t1 = time.perf_counter()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    path = None
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / "requests.parquet"
+    result = simulate_streamed(resolved, resolved.strategies[0], 0,  # type: ignore[attr-defined]
+                               source, requests_path=path, fold_rows=args.fold or 1_000_000)
+    return result, source.requests, t1, rss
 
 
 if __name__ == "__main__":

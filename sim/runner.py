@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import simpy
@@ -79,18 +80,11 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
     ``node_states`` (``nodes.parquet``) is empty. Per-request results are unchanged.
     """
     sc = resolved.scenario
-    seed = sc.seed + replication
-    env = simpy.Environment()
     table = RequestTable(workload)
-    recorder = Recorder(len(resolved.node_specs), (sc.warmup_s, sc.duration_s))
+    run = _build(resolved, choice, replication, table)
+    env, recorder, cluster, router, disagg, elastic = (
+        run.env, run.recorder, run.cluster, run.router, run.disagg, run.elastic)
     folder = None if fold_rows is None else _folder(resolved)
-    cluster = Cluster(env, resolved.node_specs, table, recorder, sc.cluster.fast_forward,
-                      resolved.slowdowns)
-    router = _router(resolved, choice, env, cluster, table, seed)
-    disagg = (None if resolved.disagg is None
-              else Disaggregation(env, cluster, table, resolved.disagg, router))
-    elastic = build_elasticity(sc, env, cluster, router, seed)
-    router.start()
     horizon = sc.duration_s + sc.drain_timeout_s
     if progress is not None:
         env.process(_ticker(env, router, horizon, progress))
@@ -108,18 +102,49 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
     if disagg is not None:
         for outcome in disagg.book_in_transfer(env.now):
             table.record(outcome)
-    data = _run_data(resolved, cluster, table, recorder, env.now, router, folder)
+    data = _run_data(resolved, cluster, request_columns(table, resolved.node_specs), recorder,
+                     env.now, router, folder)
     if disagg is not None:
         data.requests.update(transfer_columns(disagg.columns()))
     summary = {**summarize(data), "input": workload.accounting}
     if elastic is not None:
         summary["elasticity"] = elastic.summary(sc, data.requests, env.now)
     return RunResult(label=choice.label, strategy=choice.spec.name, replication=replication,
-                     seed=seed, summary=summary,
+                     seed=run.seed, summary=summary,
                      requests=data.requests,
                      node_states=data.states, timeline=timeline(data, sc.metrics.bucket_s),
                      wall_s=wall,
                      events=_events_scheduled(env), cpu_s=cpu)
+
+
+@dataclass
+class _Run:
+    """The simulated system of one run, ready to start."""
+
+    seed: int
+    env: simpy.Environment
+    recorder: Recorder
+    cluster: Cluster
+    router: Router
+    disagg: Disaggregation | None
+    elastic: Any
+
+
+def _build(resolved: ResolvedScenario, choice: StrategyChoice, replication: int,
+           table: RequestTable) -> _Run:
+    """Nodes, router, hand-offs and elasticity over ``table``; the arrivals started."""
+    sc = resolved.scenario
+    seed = sc.seed + replication
+    env = simpy.Environment()
+    recorder = Recorder(len(resolved.node_specs), (sc.warmup_s, sc.duration_s))
+    cluster = Cluster(env, resolved.node_specs, table, recorder, sc.cluster.fast_forward,
+                      resolved.slowdowns)
+    router = _router(resolved, choice, env, cluster, table, seed)
+    disagg = (None if resolved.disagg is None
+              else Disaggregation(env, cluster, table, resolved.disagg, router))
+    elastic = build_elasticity(sc, env, cluster, router, seed)
+    router.start()
+    return _Run(seed, env, recorder, cluster, router, disagg, elastic)
 
 
 def _router(resolved: ResolvedScenario, choice: StrategyChoice, env: simpy.Environment,
@@ -154,7 +179,7 @@ def _book_unfinished(cluster: Cluster, table: RequestTable, now: float) -> None:
             table.record(outcome)
 
 
-def _run_data(resolved: ResolvedScenario, cluster: Cluster, table: RequestTable,
+def _run_data(resolved: ResolvedScenario, cluster: Cluster, requests: dict[str, np.ndarray],
               recorder: Recorder, end_s: float, router: Router,
               folder: RunLogFolder | None = None) -> RunData:
     sc = resolved.scenario
@@ -178,7 +203,7 @@ def _run_data(resolved: ResolvedScenario, cluster: Cluster, table: RequestTable,
             if a <= t < b:
                 itl.add(gap)
     return RunData(
-        requests=request_columns(table, specs),
+        requests=requests,
         states=recorder.state_frame(),
         runs=runs,
         itl=itl,
@@ -295,16 +320,40 @@ def _add_api_latency(records: dict[str, np.ndarray], arrival_s: np.ndarray,
     run: the engine's own timeline is unchanged; ``docs/model.md`` §4). The latency may
     grow with the requests the node held at the arrival (arrived there, not finished)."""
     node = records["node"]
-    shift = np.zeros(node.size)
-    for node_id, spec in enumerate(specs):
-        rows = np.flatnonzero(node == node_id)
-        if rows.size:
-            shift[rows] = spec.cost.api_latency_s(
-                prompt_tokens[rows], active_at_arrival(arrival_s[rows],
-                                                       records["finish_s"][rows]))
+    shift = api_shift(node, prompt_tokens,
+                      active_per_node(node, arrival_s, records["finish_s"], len(specs)), specs)
     if shift.any():
         for key in ("first_token_s", "finish_s"):
             records[key] = records[key] + shift  # NaN (never reached) stays NaN
+
+
+def api_shift(node: np.ndarray, prompt_tokens: np.ndarray, active: np.ndarray,
+              specs: list) -> np.ndarray:
+    """Each request's API latency on the node it ran on (0 where it ran on none), one
+    vectorised call per cost model (nodes of a group share theirs)."""
+    shift = np.zeros(node.size)
+    by_cost: dict[int, list[int]] = {}
+    for node_id, spec in enumerate(specs):
+        by_cost.setdefault(id(spec.cost), []).append(node_id)
+    for node_ids in by_cost.values():
+        rows = np.flatnonzero(np.isin(node, node_ids))
+        if rows.size:
+            shift[rows] = specs[node_ids[0]].cost.api_latency_s(prompt_tokens[rows],
+                                                                active[rows])
+    return shift
+
+
+def active_per_node(node: np.ndarray, arrival_s: np.ndarray, finish_s: np.ndarray,
+                    n_nodes: int) -> np.ndarray:
+    """``active_at_arrival`` among the requests of each node (0 for requests on none)."""
+    active = np.zeros(node.size, dtype=np.int64)
+    order = np.argsort(node, kind="stable")  # each node's requests stay in id order
+    bounds = np.searchsorted(node[order], np.arange(n_nodes + 1))
+    for i in range(n_nodes):
+        rows = order[bounds[i]:bounds[i + 1]]
+        if rows.size:
+            active[rows] = active_at_arrival(arrival_s[rows], finish_s[rows])
+    return active
 
 
 def active_at_arrival(arrival_s: np.ndarray, finish_s: np.ndarray) -> np.ndarray:

@@ -51,15 +51,9 @@ def herding(arrival_s: np.ndarray, node: np.ndarray, n_nodes: int, *,
     t, v = np.asarray(arrival_s, dtype=np.float64)[keep], np.asarray(node, np.int64)[keep]
     out: dict[str, Any] = {"window_s": window_s, "burst_gap_s": burst_gap_s, "nodes": n_nodes}
     windows = np.floor(t / window_s).astype(np.int64)
-    bursts = np.zeros(t.shape[0], dtype=np.int64)
-    if t.shape[0] > 1:
-        np.cumsum(np.diff(t) > burst_gap_s, out=bursts[1:])
     out.update(_figures("window", windows, v, n_nodes))
-    out.update(_figures("burst", bursts, v, n_nodes))
-    indices = [x for x in (out["window_index"], out["burst_index"]) if x is not None]
-    out["index"] = max(indices) if indices else None
-    out["grade"] = herding_grade(out["index"])
-    return out
+    out.update(_figures("burst", _burst_ids(t, burst_gap_s), v, n_nodes))
+    return _with_index(out)
 
 
 def herding_grade(index: float | None) -> str | None:
@@ -85,14 +79,24 @@ def fold_grade(utilization: dict[str, Any], herd: dict[str, Any]) -> dict[str, A
     return {**utilization, "grade": block}
 
 
+#: the k-weighted sums behind each kind's figures (``_group_sums``)
+_SUMS = ("groups", "requests", "top", "best", "cv", "cv_best", "index")
+
+
 def _figures(kind: str, group: np.ndarray, node: np.ndarray, n: int) -> dict[str, Any]:
     """Weighted figures of the groups (``group`` non-decreasing) with >= 2 dispatches."""
+    return _figures_of(kind, _group_sums(group, node, n))
+
+
+def _group_sums(group: np.ndarray, node: np.ndarray, n: int) -> np.ndarray:
+    """Over the groups with >= 2 dispatches: their number, their dispatches ``k``, and the
+    sums of ``k`` times each figure (largest share, best share, CV, best CV, index); figures
+    are these sums over ``k``'s sum, so sums of disjoint groups add up."""
     k, top, sumsq = _group_counts(group, node)
     many = k >= 2
     k, top, sumsq = k[many], top[many], sumsq[many]
     if k.shape[0] == 0 or n < 1:
-        names = ("max_share", "max_share_ideal", "cv", "cv_ideal", "index")
-        return {f"{kind}s": 0, f"{kind}_requests": 0} | {f"{kind}_{x}": None for x in names}
+        return np.zeros(len(_SUMS))
     best = -(-k // n)  # ceil(k / n)
     mean = k / n
     cv = np.sqrt(np.maximum(sumsq / n - mean**2, 0.0)) / mean
@@ -100,12 +104,83 @@ def _figures(kind: str, group: np.ndarray, node: np.ndarray, n: int) -> dict[str
     cv_best = np.sqrt(np.maximum(((n - r) * q**2 + r * (q + 1) ** 2) / n - mean**2, 0.0)) / mean
     spare = k - best
     index = np.where(spare > 0, (top - best) / np.where(spare > 0, spare, 1), 0.0)
-    w = k / k.sum()
-    return {f"{kind}s": int(k.shape[0]), f"{kind}_requests": int(k.sum()),
-            f"{kind}_max_share": float(w @ (top / k)),
-            f"{kind}_max_share_ideal": float(w @ (best / k)),
-            f"{kind}_cv": float(w @ cv), f"{kind}_cv_ideal": float(w @ cv_best),
-            f"{kind}_index": _clean(float(w @ index))}
+    return np.array([k.shape[0], k.sum(), top.sum(), best.sum(), k @ cv, k @ cv_best,
+                     k @ index], dtype=np.float64)
+
+
+def _figures_of(kind: str, sums: np.ndarray) -> dict[str, Any]:
+    groups, total = int(sums[0]), sums[1]
+    if groups == 0:
+        names = ("max_share", "max_share_ideal", "cv", "cv_ideal", "index")
+        return {f"{kind}s": 0, f"{kind}_requests": 0} | {f"{kind}_{x}": None for x in names}
+    return {f"{kind}s": groups, f"{kind}_requests": int(total),
+            f"{kind}_max_share": float(sums[2] / total),
+            f"{kind}_max_share_ideal": float(sums[3] / total),
+            f"{kind}_cv": float(sums[4] / total), f"{kind}_cv_ideal": float(sums[5] / total),
+            f"{kind}_index": _clean(float(sums[6] / total))}
+
+
+def _with_index(out: dict[str, Any]) -> dict[str, Any]:
+    indices = [x for x in (out["window_index"], out["burst_index"]) if x is not None]
+    out["index"] = max(indices) if indices else None
+    out["grade"] = herding_grade(out["index"])
+    return out
+
+
+class HerdingStream:
+    """``herding`` over dispatches given in arrival-ordered chunks (a streamed run's pages).
+
+    Complete windows and bursts are reduced to their sums (``_group_sums``) as chunks come;
+    the rows of the last, possibly open, window and burst are carried to the next chunk, so
+    the figures equal ``herding`` over the concatenated chunks (up to float summation order).
+    """
+
+    def __init__(self, n_nodes: int, *, window_s: float = WINDOW_S,
+                 burst_gap_s: float = BURST_GAP_S):
+        self.n_nodes = n_nodes
+        self.window_s = window_s
+        self.burst_gap_s = burst_gap_s
+        empty = (np.zeros(0), np.zeros(0, dtype=np.int64))
+        self._open = {"window": empty, "burst": empty}
+        self._sums = {"window": np.zeros(len(_SUMS)), "burst": np.zeros(len(_SUMS))}
+
+    def add(self, arrival_s: np.ndarray, node: np.ndarray) -> None:
+        """Fold the next chunk (arrivals sorted, after every earlier chunk's)."""
+        keep = np.asarray(node) >= 0
+        t = np.asarray(arrival_s, dtype=np.float64)[keep]
+        v = np.asarray(node, dtype=np.int64)[keep]
+        for kind in ("window", "burst"):
+            ot, ov = self._open[kind]
+            tt, vv = np.concatenate([ot, t]), np.concatenate([ov, v])
+            group = self._groups(kind, tt)
+            if group.shape[0] == 0:
+                continue
+            cut = int(np.searchsorted(group, group[-1], side="left"))
+            self._sums[kind] += _group_sums(group[:cut], vv[:cut], self.n_nodes)
+            self._open[kind] = (tt[cut:], vv[cut:])
+
+    def figures(self) -> dict[str, Any]:
+        """The figures of ``herding`` over every chunk added (the open groups closed)."""
+        out: dict[str, Any] = {"window_s": self.window_s, "burst_gap_s": self.burst_gap_s,
+                               "nodes": self.n_nodes}
+        for kind in ("window", "burst"):
+            t, v = self._open[kind]
+            sums = self._sums[kind] + _group_sums(self._groups(kind, t), v, self.n_nodes)
+            out.update(_figures_of(kind, sums))
+        return _with_index(out)
+
+    def _groups(self, kind: str, t: np.ndarray) -> np.ndarray:
+        if kind == "window":
+            return np.floor(t / self.window_s).astype(np.int64)
+        return _burst_ids(t, self.burst_gap_s)
+
+
+def _burst_ids(t: np.ndarray, gap_s: float) -> np.ndarray:
+    """Burst number of each sorted arrival: a new burst after a gap above ``gap_s``."""
+    bursts = np.zeros(t.shape[0], dtype=np.int64)
+    if t.shape[0] > 1:
+        np.cumsum(np.diff(t) > gap_s, out=bursts[1:])
+    return bursts
 
 
 def _group_counts(group: np.ndarray, node: np.ndarray,

@@ -33,12 +33,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from sim.metrics.fold import FoldedRunLog
+    from sim.metrics.streaming import RequestStats
 from sim.metrics.disagg import disagg_summary
 from sim.metrics.herding import fold_grade, herding
 from sim.metrics.recorder import LogHistogram
@@ -278,7 +279,6 @@ def summarize(data: RunData) -> dict[str, object]:
     admitted = measured & np.isfinite(req["first_scheduled_s"])
     prompt_admitted = int(req["prompt_tokens"][admitted].sum())
     cached = int(req["cached_tokens"][admitted].sum())
-    in_system = float(util["running"].sum() + util["waiting"].sum())
     offered = float(measured.sum()) / length
     lam = float((measured & (req["status"] != REJECTED)).sum()) / length  # entered the system
     w = float(lat["e2e"].mean()) if lat["e2e"].size else math.nan
@@ -302,8 +302,19 @@ def summarize(data: RunData) -> dict[str, object]:
         "preemptions": {"total": int(req["preemptions"].sum()),
                         "requests_preempted": int((req["preemptions"] > 0).sum()),
                         "recomputed_tokens": int(req["recomputed_tokens"].sum())},
-        "utilization": _ungraded_if_idle(fold_grade(_utilisation(data, util), herd),
-                                         int(done.sum())),
+        **_run_blocks(data, util, herd, int(done.sum()), lam, w),
+    } | ({"disaggregation": disagg_summary(req, measured, length)} if "transfer_s" in req
+         else {})
+
+
+def _run_blocks(data: RunData, util: dict[str, np.ndarray], herd: dict[str, object],
+                done: int, lam: float, w: float) -> dict[str, object]:
+    """The summary's blocks after ``preemptions``: balance, herding, Little's law, the model,
+    router and strategy counters and balance over time."""
+    a, b = data.window_s
+    in_system = float(util["running"].sum() + util["waiting"].sum())
+    return {
+        "utilization": _ungraded_if_idle(fold_grade(_utilisation(data, util), herd), done),
         "herding": herd,
         "littles_law": {"L": in_system, "lambda_rps": lam, "W_s": w,
                         "ratio": in_system / (lam * w) if lam > 0 and w > 0 else None},
@@ -312,8 +323,43 @@ def summarize(data: RunData) -> dict[str, object]:
         "router": _router_section(data),
         "strategy": dict(data.strategy_stats),
         "balance_over_time": balance_over_time(data),
-    } | ({"disaggregation": disagg_summary(req, measured, length)} if "transfer_s" in req
-         else {})
+    }
+
+
+def summarize_streamed(data: RunData, stats: RequestStats,
+                       herd: dict[str, object]) -> dict[str, object]:
+    """The summary of a run whose requests were released page by page (``sim.runner_stream``):
+    ``summarize``'s keys and definitions, the request figures from the streaming accumulators
+    ``stats`` (counts and means exact, percentiles within ``stats.alpha``; the ``sketch``
+    block says so), ``herd`` from ``HerdingStream``, the rest from the folded run log."""
+    folded = data.folded
+    if folded is None:
+        raise ValueError("a streamed run's summary needs its run log folded")
+    part: dict[str, Any] = stats.summary()
+    a, b = data.window_s
+    length = b - a
+    rates = part["throughput"]
+    little = part["littles_law"]
+    return {
+        "requests": part["requests"],
+        "latency_s": part["latency_s"] | {"itl": _itl(data.itl)},
+        "throughput": {
+            "offered_rps": rates["offered_rps"],
+            "completed_rps": rates["completed_rps"],
+            "goodput_rps": rates["goodput_rps"],
+            "output_tokens_per_s": (folded.decode_in_window
+                                    + stats.first_tokens_in_window) / length,
+            "prefill_tokens_per_s": folded.prefill_in_window / length,
+        },
+        "slo": part["slo"],
+        "cache": {**part["cache"], "evicted_blocks": data.kv_evictions},
+        "preemptions": part["preemptions"],
+        **_run_blocks(data, folded.util, herd, stats.done, little["lambda_rps"],
+                      little["W_s"]),
+        "sketch": {"latency_relative_error": stats.alpha,
+                   "note": "latency percentiles from mergeable sketches (sim.metrics.sketch): "
+                           "within this relative error of the exact value of the same rank"},
+    }
 
 
 def _ungraded_if_idle(utilization: dict[str, object], completed: int) -> dict[str, object]:

@@ -45,6 +45,9 @@ class RequestTable:
         #: requests admission control may drop, from ``Workload.extra["sheddable"]``
         self.sheddable: list[bool] = ([False] * n if sheddable is None
                                       else [bool(s) for s in sheddable])
+        #: tokens a request may hold at most (prompt + output cap), the router's in-flight load
+        self.request_tokens: list[int] = [p + m for p, m in zip(
+            self.prompt_tokens, self.max_output_tokens, strict=True)]
         nan = math.nan
         # records
         # records: written once per request, read as numpy without a copy (machine-size
@@ -60,6 +63,11 @@ class RequestTable:
         self.generated_tokens = array("q", [0]) * n
         #: seconds a request waited at the client for its concurrency cap (router)
         self.client_wait_s = array("d", [0.0]) * n
+
+    def pull(self) -> bool:
+        """Load the next chunk of requests, if the table streams them; True when it loaded
+        some (a whole-workload table has none to load: ``sim.model.requests_stream``)."""
+        return False
 
     def record(self, outcome: Outcome) -> None:
         """Store an attempt's outcome as the request's record."""

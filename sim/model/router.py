@@ -128,8 +128,7 @@ class Router:
         self.cached_prefix_blocks = cached_prefix_blocks
         self.stats = RouterStats()
         self.replicas = [Replica(self, i, s) for i, s in enumerate(strategies)]
-        self.request_tokens = [p + m for p, m in zip(table.prompt_tokens,
-                                                     table.max_output_tokens, strict=True)]
+        self.request_tokens = table.request_tokens
         n = len(cluster.nodes)
         # a node group with no model name serves every request
         self._serves = {model: tuple(i.model in (model, "") for i in cluster.infos)
@@ -154,7 +153,6 @@ class Router:
         #: live attempts (node ids) of requests with hedge or retry timers
         self._attempts: dict[int, set[int]] = {}
         self._final: set[int] = set()
-        self._origin: list[int] | None = None if len(strategies) == 1 else [0] * table.n
         cluster.connect(self.on_done)
         if any(r.watches_first_token for r in self.replicas):
             for node in cluster.nodes:
@@ -169,7 +167,7 @@ class Router:
         """Stream the arrivals: one pending timeout at a time (a callback chain, cheaper than a
         SimPy process), never an event or a process per request."""
         self._next_arrival = 0
-        if self.table.n:
+        if self.table.n or self.table.pull():
             Timeout(self.env, self.table.arrival_s[0]).callbacks.append(self._arrive)
         else:
             self.arrivals_done = True
@@ -182,12 +180,16 @@ class Router:
         now = env.now
         rid = self._next_arrival
         cap = self.max_in_flight
-        while rid < table.n and arrival_s[rid] <= now:
-            if cap is not None and (self._held or self.outstanding >= cap):
-                self._held.append(rid)
-            else:
-                self._send_new(rid)
-            rid += 1
+        while True:
+            while rid < table.n and arrival_s[rid] <= now:
+                if cap is not None and (self._held or self.outstanding >= cap):
+                    self._held.append(rid)
+                else:
+                    self._send_new(rid)
+                rid += 1
+            # a streamed table loads its next chunk when the loaded requests are used up
+            if rid < table.n or not table.pull():
+                break
         self._next_arrival = rid
         if rid < table.n:
             Timeout(env, arrival_s[rid] - now).callbacks.append(self._arrive)
@@ -197,13 +199,7 @@ class Router:
 
     def _send_new(self, rid: int) -> None:
         """Route a request the client sends now (to its replica, round robin by id)."""
-        n_rep = len(self.replicas)
-        if n_rep == 1:
-            self._dispatch(self.replicas[0], rid)
-        else:
-            assert self._origin is not None
-            self._origin[rid] = rid % n_rep
-            self._dispatch(self.replicas[rid % n_rep], rid)
+        self._dispatch(self._replica_of(rid), rid)
 
     def _release_held(self) -> None:
         """Send waiting requests while the client's cap allows (after a request left)."""
@@ -351,7 +347,10 @@ class Router:
     # -- outcomes -------------------------------------------------------------------------------
 
     def _replica_of(self, rid: int) -> Replica:
-        return self.replicas[0] if self._origin is None else self.replicas[self._origin[rid]]
+        """The replica a request was sent to: round robin by id (clients spread over the
+        router replicas), so no per-request list is kept."""
+        replicas = self.replicas
+        return replicas[0] if len(replicas) == 1 else replicas[rid % len(replicas)]
 
     def on_done(self, outcome: Outcome) -> None:
         """An attempt left its node: record the request or count wasted work."""
@@ -385,6 +384,11 @@ class Router:
             if self._held:
                 self._release_held()
             self._check_drained()
+
+    def has_live_attempts(self, first: int, end: int) -> bool:
+        """True when a request with an id in ``[first, end)`` still has an attempt that may
+        run on (hedged or retried requests keep their losers until these leave)."""
+        return any(first <= rid < end for rid in self._attempts)
 
     def _first_token(self, rid: int, node: int, now: float) -> None:
         self._replica_of(rid).strategy.on_first_token(rid, node, now)
