@@ -13,7 +13,7 @@ import simpy
 
 import sim
 import sim.limits
-from sim.build import ResolvedScenario, resolve
+from sim.build import ResolvedScenario, StrategyChoice, resolve
 from sim.errors import ScenarioError
 from sim.results import check_writable, run_dir, write_run
 from sim.runner import Progress, RunResult, simulate, workload_for
@@ -26,9 +26,11 @@ ProgressFactory = Callable[[str, int], Progress | None]
 
 def load(path: Path, overrides: Sequence[str] = (), *, seed: int | None = None,
          replications: int | None = None, strategies: Sequence[str] = (),
-         limits: bool = True) -> ResolvedScenario:
+         limits: bool = True, stream: bool = False) -> ResolvedScenario:
     """Read, override, validate and resolve a scenario file; with ``limits``, refuse a run
-    whose estimated size exceeds the scenario's ``limits`` (``sim.limits``).
+    whose estimated size exceeds the scenario's ``limits`` (``sim.limits``). With ``stream``,
+    the runs stream their requests (``sim.runner_stream``): the scenario must allow it, and
+    the number of requests is not limited.
 
     Raises:
         ScenarioError: any problem with the file, an override or a ``--strategy`` name, or a
@@ -47,9 +49,32 @@ def load(path: Path, overrides: Sequence[str] = (), *, seed: int | None = None,
         raw["replications"] = replications
     scenario = parse_scenario(raw, str(path))
     if limits:
-        sim.limits.check(scenario, path)
+        sim.limits.check(scenario, path, skip=("requests",) if stream else ())
     resolved = resolve(scenario, str(path), path.resolve().parent, tuple(strategies))
-    return resolved if limits else dataclasses.replace(resolved, enforce_limits=False)
+    if stream:
+        check_stream(resolved)
+    return dataclasses.replace(resolved, enforce_limits=limits, stream=stream)
+
+
+def check_stream(resolved: ResolvedScenario) -> None:
+    """Raise ``ScenarioError`` naming the key that keeps the scenario from a streamed run."""
+    from sim.runner_stream import StreamingError, check_streamable_run
+    from sim.workload.stream import check_streamable
+
+    sc = resolved.scenario
+    try:
+        check_streamable(sc.workload)
+    except ValueError as exc:
+        w = sc.workload
+        field = ("workload.trace" if w.trace is not None
+                 else "workload.sessions" if w.sessions is not None else "workload.arrivals")
+        raise ScenarioError(f"--stream: {exc}", source=resolved.source, field=field) from None
+    try:
+        check_streamable_run(resolved)
+    except StreamingError as exc:
+        raise ScenarioError(f"--stream: {exc}", source=resolved.source,
+                            field="faults" if sc.faults is not None or sc.autoscaling
+                            else "cluster.node_groups") from None
 
 
 def run_all(resolved: ResolvedScenario, out: Path, *, force: bool = False,
@@ -76,12 +101,11 @@ def run_all(resolved: ResolvedScenario, out: Path, *, force: bool = False,
         return run_in_pool(resolved, tasks, out, force, progress, jobs, keep_records)
     results = []
     for k in reps:
-        workload = replication_workload(resolved, k)
+        workload = None if resolved.stream else replication_workload(resolved, k)
         for choice in resolved.strategies:
             cb = progress(choice.label, k) if progress else None
-            result = simulate(resolved, choice, k, workload,
-                              arrivals_progress(cb, sc.duration_s))
-            _write(resolved, result, out, force)
+            result = _run_and_write(resolved, choice, k, workload, out, force,
+                                    arrivals_progress(cb, sc.duration_s))
             finish_progress(cb)
             results.append(result if keep_records else summary_only(result))
     return results
@@ -140,11 +164,45 @@ def run_one(resolved: ResolvedScenario, choice_index: int, replication: int, out
             keep_records: bool = True) -> RunResult:
     """Generate one replication's workload, simulate one strategy on it and write the result
     directory (what a worker process of ``run_all`` does)."""
-    workload = replication_workload(resolved, replication)
-    choice = resolved.strategies[choice_index]
-    result = simulate(resolved, choice, replication, workload, progress)
-    _write(resolved, result, out, force)
+    workload = None if resolved.stream else replication_workload(resolved, replication)
+    result = _run_and_write(resolved, resolved.strategies[choice_index], replication, workload,
+                            out, force, progress)
     return result if keep_records else summary_only(result)
+
+
+#: the window of one chunk of a streamed run's requests, simulated seconds
+STREAM_CHUNK_S = 60.0
+
+
+def _run_and_write(resolved: ResolvedScenario, choice: StrategyChoice, replication: int,
+                   workload: Workload | None, out: Path, force: bool,
+                   progress: Progress | None) -> RunResult:
+    """Simulate one strategy on one replication and write its result directory; without a
+    ``workload``, stream the requests (drawn ``STREAM_CHUNK_S`` at a time: every strategy of
+    a replication sees the same requests) and write ``requests.parquet`` as the run goes."""
+    if workload is not None:
+        result = simulate(resolved, choice, replication, workload, progress)
+        _write(resolved, result, out, force)
+        return result
+    import os
+
+    from sim.runner_stream import simulate_streamed
+    from sim.workload.replay import node_limits
+    from sim.workload.stream import ChunkSource, iter_chunks
+
+    sc = resolved.scenario
+    target = run_dir(out, sc.name, choice.label, sc.seed + replication)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    records = target.parent / f".{target.name}.requests-{os.getpid()}.parquet"
+    chunks = iter_chunks(sc.workload, sc.duration_s, sc.seed + replication,
+                         chunk_s=STREAM_CHUNK_S, limits=node_limits(resolved.node_specs))
+    try:
+        result = simulate_streamed(resolved, choice, replication, ChunkSource(chunks),
+                                   requests_path=records, progress=progress)
+        _write(resolved, result, out, force, records)
+    finally:
+        records.unlink(missing_ok=True)
+    return result
 
 
 def check_workload(resolved: ResolvedScenario) -> dict[str, Any]:
@@ -179,12 +237,17 @@ def replication_workload(resolved: ResolvedScenario, replication: int) -> Worklo
     return workload
 
 
-def _write(resolved: ResolvedScenario, result: RunResult, out: Path, force: bool) -> None:
+def _write(resolved: ResolvedScenario, result: RunResult, out: Path, force: bool,
+           records: Path | None = None) -> None:
+    """Write ``result``'s directory; ``records``: its ``requests.parquet``, already written
+    (a streamed run), moved in instead of written from ``result.requests``."""
     sc = resolved.scenario
     scenario = sc.model_dump(mode="json")
     scenario["run"] = {"strategy": result.label, "replication": result.replication,
-                       "seed": result.seed, "source": resolved.source}
-    n = len(result.requests["arrival_s"])
+                       "seed": result.seed, "source": resolved.source,
+                       **({"streamed": True, "chunk_s": STREAM_CHUNK_S} if records else {})}
+    n = (len(result.requests["arrival_s"]) if records is None
+         else int(result.summary["requests"]["arrived"]))  # type: ignore[index]
     meta = {
         "simlb_version": sim.__version__,
         "python": platform.python_version(),
@@ -197,5 +260,7 @@ def _write(resolved: ResolvedScenario, result: RunResult, out: Path, force: bool
         "events_per_wall_s": result.events / result.wall_s if result.wall_s > 0 else None,
     }
     write_run(run_dir(out, sc.name, result.label, result.seed), scenario=scenario,
-              summary=result.summary, requests=result.requests, nodes=result.node_states,
+              summary=result.summary,
+              requests=result.requests if records is None else records,
+              nodes=result.node_states,
               timeline=result.timeline, meta=meta, force=force)

@@ -59,6 +59,8 @@ class ResolvedScenario:
     enforce_limits: bool = True
     #: the KV transfer of a cluster with prefill/decode roles; None: no roles
     disagg: DisaggConfig | None = None
+    #: stream the requests in and the records out (``simlb run --stream``, ``sim.runner_stream``)
+    stream: bool = False
 
     def check_models(self, models: set[str], field: str = "workload.models") -> None:
         """Raise ``ScenarioError`` if a requested model is served by no node."""

@@ -176,6 +176,11 @@ def main() -> None:
                    "Results are the same; memory grows with each.")
 @click.option("--no-limits", "no_limits", is_flag=True,
               help="Skip the size limits (the scenario's limits block): run however large.")
+@click.option("--stream", is_flag=True,
+              help="Stream the requests in and the records out, for fleet-scale runs in "
+                   "bounded memory (synthetic single-turn Poisson or piecewise workloads; "
+                   "another draw of the same traffic; percentiles from 0.5%% sketches; no "
+                   "nodes.parquet): docs/performance.md.")
 @click.option("--wide", is_flag=True,
               help="Every column of the comparison table, however narrow the terminal "
                    "(by default a narrower table when the full one does not fit).")
@@ -183,7 +188,7 @@ def main() -> None:
 def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
         replications: int | None, overrides: tuple[str, ...], out: Path, force: bool,
         quiet: bool, as_json: bool, with_report: bool, jobs: int, no_limits: bool,
-        wide: bool) -> None:
+        stream: bool, wide: bool) -> None:
     """Simulate SCENARIO once per strategy and replication, and compare them."""
     from rich.console import Console
 
@@ -192,7 +197,7 @@ def run(scenario: Path, strategies: tuple[str, ...], seed: int | None,
     from sim.results import dumps_json
 
     resolved = app.load(scenario, overrides, seed=seed, replications=replications,
-                        strategies=strategies, limits=not no_limits)
+                        strategies=strategies, limits=not no_limits, stream=stream)
     console = Console(stderr=True)
     with workload_warnings(), progress_bars(console, enabled=not quiet and not as_json) \
             as factory:

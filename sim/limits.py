@@ -110,8 +110,11 @@ def _mean_turns(turns: object) -> float:
         return 1.0
 
 
-def check(scenario: Scenario, source: str | Path) -> dict[str, float]:
+def check(scenario: Scenario, source: str | Path,
+          skip: tuple[str, ...] = ()) -> dict[str, float]:
     """Refuse a scenario whose estimated size exceeds its ``limits``; return the estimate.
+    ``skip``: estimates not to check (``requests`` for a streamed run, whose memory does not
+    grow with them).
 
     Raises:
         ScenarioError: naming ``source``, the limit (``limits.<key>``), the estimate and what
@@ -120,6 +123,8 @@ def check(scenario: Scenario, source: str | Path) -> dict[str, float]:
     sizes = estimate(scenario)
     limits: LimitsSpec = scenario.limits
     for key, value in sizes.items():
+        if key in skip:
+            continue
         name, what, fix = _WHAT[key]
         limit = getattr(limits, name)
         if not math.isfinite(value) or value > limit:

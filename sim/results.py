@@ -82,9 +82,11 @@ def dumps_json(obj: Any) -> str:
 
 
 def write_run(path: Path, *, scenario: dict[str, Any], summary: dict[str, Any],
-              requests: dict[str, np.ndarray], nodes: dict[str, np.ndarray],
+              requests: dict[str, np.ndarray] | Path, nodes: dict[str, np.ndarray],
               timeline: dict[str, np.ndarray], meta: dict[str, Any], force: bool) -> None:
     """Write one run directory atomically: into a hidden folder beside it, then renamed.
+    ``requests``: the per-request columns, or a ``requests.parquet`` already written (a
+    streamed run's), which is moved in.
 
     Raises:
         InputError: the directory exists and not ``force``, or it cannot be written (the
@@ -162,14 +164,17 @@ def _alive(pid: int) -> bool:
 
 
 def _write_files(folder: Path, *, scenario: dict[str, Any], summary: dict[str, Any],
-                 requests: dict[str, np.ndarray], nodes: dict[str, np.ndarray],
+                 requests: dict[str, np.ndarray] | Path, nodes: dict[str, np.ndarray],
                  timeline: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Write the six files of a run into ``folder``."""
     (folder / "scenario.resolved.yaml").write_text(
         yaml.safe_dump(scenario, sort_keys=False), encoding="utf-8")
     (folder / "summary.json").write_text(dumps_json(summary), encoding="utf-8")
     (folder / "meta.json").write_text(dumps_json(meta), encoding="utf-8")
-    write_requests(folder / "requests.parquet", requests)
+    if isinstance(requests, Path):
+        shutil.move(requests, folder / "requests.parquet")
+    else:
+        write_requests(folder / "requests.parquet", requests)
     pq.write_table(arrow_table(nodes), folder / "nodes.parquet")
     pq.write_table(arrow_table(timeline), folder / "timeline.parquet")
 
