@@ -55,6 +55,9 @@ from sim.workload.stream import ArrivalSource, accounting_total
 
 #: how often (simulated seconds) a streamed run releases the pages whose requests are final
 RELEASE_CHECK_S = FOLD_CHECK_S
+#: run-log rows a streamed run holds before folding them (about 20 MB of records; each fold
+#: costs a little over the nodes, so not much fewer)
+FOLD_ROWS = 200_000
 #: the order of the columns of ``requests.parquet`` (``sim.runner.request_columns``)
 COLUMNS = ("request_id", "arrival_s", "node", "status", "prompt_tokens", "output_tokens",
            "max_output_tokens", "generated_tokens", "cached_tokens", "recomputed_tokens",
@@ -79,7 +82,7 @@ def check_streamable_run(resolved: ResolvedScenario) -> None:
 
 def simulate_streamed(resolved: ResolvedScenario, choice: StrategyChoice, replication: int,
                       source: ArrivalSource, *, requests_path: Path | None = None,
-                      fold_rows: int = 1_000_000, page_bits: int = PAGE_BITS,
+                      fold_rows: int = FOLD_ROWS, page_bits: int = PAGE_BITS,
                       progress: Progress | None = None) -> RunResult:
     """Simulate one strategy over the requests ``source`` gives, in bounded memory.
 

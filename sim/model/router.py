@@ -41,7 +41,7 @@ from sim.errors import SimulationError
 from sim.model.cluster import Cluster
 from sim.model.requests import CANCELLED, REJECTED, Outcome, RequestTable
 from sim.policy.admission import Admission
-from sim.policy.base import ClusterView, RequestInfo, Strategy, Telemetry
+from sim.policy.base import UNSAMPLED, ClusterView, RequestInfo, Strategy, Telemetry
 
 _new_tuple = tuple.__new__  # builds a named tuple from a full tuple of its fields
 
@@ -79,12 +79,15 @@ class Replica:
         # hooks the strategy leaves as no-ops are not called
         self.watches_dispatch = cls.on_dispatch is not Strategy.on_dispatch
         self.watches_finish = cls.on_finish is not Strategy.on_finish
+        # the nodes' telemetry is scraped only for a strategy or admission control that reads it
+        self.scrapes = strategy.reads_telemetry or router.admission is not None
 
     def view(self, now: float, accepting: tuple[bool, ...]) -> ClusterView:
         """The snapshot the strategy decides on."""
         router = self.router
         if now >= self._next_sample_s:
-            self._telemetry = router.cluster.sample_telemetry()
+            self._telemetry = (router.cluster.sample_telemetry() if self.scrapes
+                               else UNSAMPLED)  # type: ignore[assignment]
             self.dispatched_since_sample = [0] * len(self.dispatched_since_sample)
             interval = router.telemetry_interval_s
             self._next_sample_s = (math.floor(now / interval) + 1) * interval if interval else now

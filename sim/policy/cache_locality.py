@@ -61,6 +61,8 @@ class CacheLocality(Strategy):
     prefix, and paying a full prefill elsewhere, over a handful of requests.
     """
 
+    reads_telemetry = False
+
     class Params(AffinityParams):
         prefix_tokens: int = Field(128, ge=1, description="tokens of the prompt start that form "
                                                           "the key (rounded down to whole blocks, "

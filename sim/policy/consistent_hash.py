@@ -52,6 +52,8 @@ class ConsistentHash(Strategy):
       clockwise.
     """
 
+    reads_telemetry = False
+
     class Params(StrategyParams):
         key: Literal["prefix", "session"] = Field(
             "prefix", description="what is hashed: the prompt's leading blocks or the session")

@@ -61,6 +61,8 @@ class DynamoKv(Strategy):
     deepest overlap, and the overlap blocks lost by them.
     """
 
+    reads_telemetry = False
+
     class Params(StrategyParams):
         prefill_load_scale: float = Field(1.0, ge=0, description="weight of the uncached "
                                                                  "prefill blocks (Dynamo: 1)")

@@ -41,6 +41,8 @@ class HashRoute(Strategy):
     move. It ignores load entirely, so a hot key overloads its node.
     """
 
+    reads_telemetry = False
+
     class Params(StrategyParams):
         key: Literal["request", "session", "prefix_group"] = Field(
             "request", description="what to hash: the request id, its session id or its prefix "

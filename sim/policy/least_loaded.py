@@ -23,6 +23,8 @@ class LeastLoaded(Strategy):
     random``, as AIBrix does) or to the lowest id.
     """
 
+    reads_telemetry = False
+
     class Params(StrategyParams):
         tie_break: Literal["random", "lowest_id"] = "random"
 

@@ -36,6 +36,8 @@ class MultiModel(Strategy):
     sooner, so speed differences show through the outstanding counts.
     """
 
+    reads_telemetry = False
+
     class Params(StrategyParams):
         capacity: Literal["tokens", "requests"] = Field(
             "tokens", description="capacity measure: KV tokens minus outstanding estimated "

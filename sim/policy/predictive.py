@@ -54,6 +54,8 @@ class Predictive(Strategy):
     ring buffer keeps the window constant. Rejected and withdrawn attempts teach nothing.
     """
 
+    reads_telemetry = False
+
     class Params(StrategyParams):
         history_size: int = Field(10_000, ge=1, le=10_000_000,
                                   description="completed requests kept for the service model")

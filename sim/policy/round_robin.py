@@ -18,6 +18,8 @@ class RoundRobin(Strategy):
     would send most of a model's requests to the replica after the other model's block.
     """
 
+    reads_telemetry = False
+
     def __init__(self, params: StrategyParams, rng: np.random.Generator) -> None:
         super().__init__(params, rng)
         self._cycles: dict[tuple[bool, ...], list] = {}   # accepting set -> [ids, next]

@@ -29,6 +29,8 @@ class SessionAffinity(Strategy):
     ``max_sessions`` sessions (a forgotten session starts again on the least loaded node).
     """
 
+    reads_telemetry = False
+
     class Params(AffinityParams):
         max_inflight_per_node: int | None = Field(
             None, ge=1, description="home is over capacity above this many router-local "

@@ -70,6 +70,8 @@ class SglangCacheAware(Strategy):
     cache hit/miss and load-balancing counters).
     """
 
+    reads_telemetry = False
+
     class Params(StrategyParams):
         defaults: Literal["python", "rust"] = Field(
             "python", description="default set for the thresholds left unset: the Python "

@@ -35,6 +35,8 @@ class TokenAware(Strategy):
     first. A request moved by rebalancing stays charged to its first node until it ends.
     """
 
+    reads_telemetry = False
+
     class Params(StrategyParams):
         release_prompt_at_first_token: bool = Field(
             True, description="at the first token, reduce a request's charge from prompt + max "

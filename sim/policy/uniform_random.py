@@ -13,6 +13,8 @@ class UniformRandom(Strategy):
     stream (c independent M/M/1 queues for exponential service).
     """
 
+    reads_telemetry = False
+
     def choose(self, request: RequestInfo, view: ClusterView) -> int:
         ids = view.accepting_ids()
         return ids[self.draws.index(len(ids))]

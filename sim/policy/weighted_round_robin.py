@@ -29,6 +29,8 @@ class WeightedRoundRobin(Strategy):
     strategy has neither flaw.
     """
 
+    reads_telemetry = False
+
     class Params(StrategyParams):
         weights: list[float] | None = Field(
             None, description="one weight per node (node id order), >= 0 and not all 0; "
