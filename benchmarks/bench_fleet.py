@@ -46,7 +46,8 @@ def main() -> None:
                              "(sim.runner.simulate's fold_rows) instead of keeping them")
     parser.add_argument("--stream", action="store_true",
                         help="stream the requests in by the hour of the day and the records "
-                             "out by page (sim.runner_stream; folds every --fold or 1M rows)")
+                             "out by page (sim.runner_stream; folds every --fold rows, by "
+                             "default sim.runner_stream.FOLD_ROWS)")
     parser.add_argument("--out", type=Path, default=None,
                         help="also write the result directory under this folder")
     args = parser.parse_args()
@@ -119,8 +120,9 @@ def _streamed(resolved: object, period: float,
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / "requests.parquet"
+    fold = {} if args.fold is None else {"fold_rows": args.fold}
     result = simulate_streamed(resolved, resolved.strategies[0], 0,  # type: ignore[attr-defined]
-                               source, requests_path=path, fold_rows=args.fold or 1_000_000)
+                               source, requests_path=path, **fold)
     return result, source.requests, t1, rss
 
 
