@@ -202,3 +202,36 @@ def test_scenario_price_is_read_and_price_option_wins() -> None:
     resolved = app.load(REPO / "scenarios" / "capacity_h100.yaml")
     assert hourly_cost(resolved, {}) == pytest.approx(4 * 2.5)
     assert hourly_cost(resolved, {"h100": 3.0}) == pytest.approx(4 * 3.0)
+
+
+def test_cache_key_follows_the_content_of_profile_and_trace_files(tmp_path):
+    """A profile edited in place gets new cache keys (no stale records); the same content at
+    the same path keeps them."""
+    import copy
+
+    from sim.build import resolve
+    from sim.model.profile import write_profile
+    from sim.scenario import parse_scenario
+    from sim.sweep.tasks import task_key
+
+    from conftest import scenario_dict, tiny_profile_data
+
+    profile = tmp_path / "p.json"
+    raw = scenario_dict()
+    group = raw["cluster"]["node_groups"][0]
+    group["cost_model"] = {"name": "profile", "params": {"profile": str(profile)}}
+    group["batcher"] = {"name": "continuous",
+                        "params": {"max_num_seqs": 8, "max_num_batched_tokens": 16}}
+
+    def key() -> str:
+        resolved = resolve(parse_scenario(copy.deepcopy(raw), "s.yaml"), "s.yaml", tmp_path)
+        return task_key(resolved, 0, 0)
+
+    data = tiny_profile_data()
+    write_profile(data, profile)
+    first = key()
+    write_profile(data, profile)
+    assert key() == first
+    data["step_model"]["cpu_overhead_ms"] = 0.4
+    write_profile(data, profile)
+    assert key() != first

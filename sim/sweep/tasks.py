@@ -7,9 +7,9 @@ JSON-safe record (the run's summary and its stability verdict), never the per-re
 
 The cache key is the SHA-256 of the resolved scenario as run (``model_dump``, without the
 replication count, name and description, and with only this task's strategy), the
-replication, its seed, the simlb version and ``RECORD_VERSION``: two sweeps that run the same
-simulation share it, whatever their grids. It does not hash the content of profile or trace
-files (a profile edited in place keeps its key: clear the cache folder, or use ``--no-cache``).
+replication, its seed, the simlb version, ``RECORD_VERSION`` and the SHA-256 of every file the
+run reads (profile JSON files and the trace, ``input_digests``): two sweeps that run the same
+simulation share it, whatever their grids, and a profile or trace edited in place misses.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import pickle
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,8 +48,10 @@ class Task:
     payload: bytes
 
 
-def task_key(resolved: ResolvedScenario, choice: int, replication: int) -> str:
-    """The cache key of one task (see the module docstring)."""
+def task_key(resolved: ResolvedScenario, choice: int, replication: int,
+             inputs: list[str] | None = None) -> str:
+    """The cache key of one task (see the module docstring); ``inputs``: the point's
+    ``input_digests`` when already computed."""
     sc = resolved.scenario
     tree = sc.model_dump(mode="json")
     for key in ("replications", "name", "description"):  # they change no result
@@ -57,14 +60,51 @@ def task_key(resolved: ResolvedScenario, choice: int, replication: int) -> str:
     spec = resolved.strategies[choice].spec.model_dump(mode="json")
     text = dumps_json({"scenario": tree, "strategy": spec, "replication": replication,
                        "seed": sc.seed + replication, "simlb": sim.__version__,
-                       "record": RECORD_VERSION})
+                       "record": RECORD_VERSION,
+                       "inputs": input_digests(resolved) if inputs is None else inputs})
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+#: (path, size, modification time) -> SHA-256 of the file, so each file is read once
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def input_digests(resolved: ResolvedScenario) -> list[str]:
+    """SHA-256 of each file a run of ``resolved`` reads: the profile JSON of every node group
+    with a profile cost model, and the trace (sorted; files that cannot be read are left to
+    the run to report)."""
+    paths: set[Path] = set()
+    for spec in resolved.node_specs:
+        profile = getattr(spec.cost, "profile", None)
+        if getattr(profile, "path", None):
+            paths.add(Path(profile.path))  # type: ignore[union-attr]
+    trace = resolved.scenario.workload.trace
+    if trace is not None:
+        paths.add(trace.resolve_path(resolved.base_dir))
+    return sorted(filter(None, (_digest(p) for p in paths)))
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    found = _DIGESTS.get(key)
+    if found is None:
+        sha = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                sha.update(block)
+        found = _DIGESTS[key] = sha.hexdigest()
+    return found
 
 
 def point_tasks(index: int, resolved: ResolvedScenario) -> list[Task]:
     """Every (replication, strategy) task of one point, replication-major."""
     payload = pickle.dumps(resolved)
-    return [Task(task_key(resolved, i, k), index, i, k, c.label, payload)
+    inputs = input_digests(resolved)
+    return [Task(task_key(resolved, i, k, inputs), index, i, k, c.label, payload)
             for k in range(resolved.scenario.replications)
             for i, c in enumerate(resolved.strategies)]
 
