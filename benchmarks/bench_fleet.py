@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=None, metavar="ROWS",
                         help="fold the run log and node series every ROWS rows "
                              "(sim.runner.simulate's fold_rows) instead of keeping them")
+    parser.add_argument("--strategy", default=None,
+                        help="route with this strategy instead of the scenario's round robin")
     parser.add_argument("--stream", action="store_true",
                         help="stream the requests in by the hour of the day and the records "
                              "out by page (sim.runner_stream; folds every --fold rows, by "
@@ -68,7 +70,8 @@ def main() -> None:
         f"duration_s={period}", f"warmup_s={period / 24}", "drain_timeout_s=600",
         "metrics.bucket_s=60", "metrics.monitor_interval_s=60",
     ]
-    resolved = app.load(HERE / "scenarios" / "conv.yaml", overrides, limits=False)
+    resolved = app.load(HERE / "scenarios" / "conv.yaml", overrides, limits=False,
+                        strategies=(args.strategy,) if args.strategy else ())
     if args.stream:
         result, n, t1, rss_workload = _streamed(resolved, period, args)
     else:
