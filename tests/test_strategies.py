@@ -107,3 +107,28 @@ def test_bad_strategy_params_are_rejected():
         strategies.get("power_of_two").Params(load="latency")
     with pytest.raises(ValueError):
         strategies.get("round_robin").Params(weights=[1, 2])
+
+
+def test_argmin_random_tie_fast_path_makes_the_same_choices() -> None:
+    """With every node a candidate, argmin_random_tie takes a C-speed path (issue 18); it must
+    pick what the general path picks, draw for draw, ties included."""
+    import random
+
+    from sim.policy.base import argmin_random_tie
+    from sim.rng import UniformDraws
+
+    def general(values, candidates, draws):  # the definition, written out
+        best = min(values[i] for i in candidates)
+        ties = [i for i in candidates if values[i] == best]
+        return ties[0] if len(ties) == 1 else ties[draws.index(len(ties))]
+
+    pick = random.Random(0)
+    for trial in range(500):
+        n = pick.randint(1, 40)
+        values = [pick.choice([0, 1, 2, 0.5, 3]) for _ in range(n)]
+        seq = tuple(values) if trial % 2 else values
+        fast = UniformDraws(np.random.default_rng(trial))
+        slow = UniformDraws(np.random.default_rng(trial))
+        for _ in range(5):
+            assert argmin_random_tie(seq, list(range(n)), fast) == general(seq, list(range(n)),
+                                                                            slow)

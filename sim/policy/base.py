@@ -26,6 +26,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import eq
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -124,7 +126,10 @@ class ClusterView(NamedTuple):
 
     def accepting_ids(self) -> list[int]:
         """Ids of the nodes that take new requests, ascending."""
-        return [i for i, ok in enumerate(self.accepting) if ok]
+        accepting = self.accepting
+        if all(accepting):  # the usual case, at C speed (O(nodes) per decision matters at scale)
+            return list(range(len(accepting)))
+        return [i for i, ok in enumerate(accepting) if ok]
 
     def kv_utilization(self, node_id: int) -> float:
         """Reported fraction of the node's KV blocks in use, in [0, 1]."""
@@ -259,9 +264,32 @@ strategies: Registry[type[Strategy]] = Registry(
     "strategy", entry_point_groups=("simlb.strategies", "simlb.strategy"))
 
 
+_ALL_IDS: dict[int, list[int]] = {}
+
+
+def _all_ids(n: int) -> list[int]:
+    """``[0, 1, ..., n - 1]`` (kept per ``n``; never handed out, only compared with)."""
+    ids = _ALL_IDS.get(n)
+    if ids is None:
+        ids = _ALL_IDS[n] = list(range(n))
+    return ids
+
+
 def argmin_random_tie(values: Sequence[float], candidates: list[int],
                       draws: UniformDraws) -> int:
     """The candidate with the smallest value; ties broken uniformly with ``draws``."""
+    if len(candidates) == len(values) and candidates == _all_ids(len(values)) \
+            and isinstance(values, (list, tuple)):
+        # every node a candidate, in id order: the same choice with min, count, index and
+        # compress at C speed (NaN, which count and index match by identity, left to the
+        # general path)
+        best = min(values)
+        if best == best:
+            count = values.count(best)
+            if count == 1:
+                return values.index(best)
+            ties = list(compress(range(len(values)), map(eq, values, repeat(best))))
+            return ties[draws.index(count)]
     best = min(values[i] for i in candidates)
     ties = [i for i in candidates if values[i] == best]
     if len(ties) == 1:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from operator import add
+
 from sim.policy.base import ClusterView, RequestInfo, Strategy, argmin_random_tie, strategies
 
 
@@ -17,5 +19,5 @@ class JoinShortestQueue(Strategy):
 
     def choose(self, request: RequestInfo, view: ClusterView) -> int:
         t = view.telemetry
-        lengths = [q + r for q, r in zip(t.queued, t.running, strict=True)]
+        lengths = list(map(add, t.queued, t.running))
         return argmin_random_tie(lengths, view.accepting_ids(), self.draws)
