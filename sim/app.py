@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
 from collections.abc import Callable, Sequence
@@ -192,6 +193,9 @@ def _run_and_write(resolved: ResolvedScenario, choice: StrategyChoice, replicati
 
     sc = resolved.scenario
     target = run_dir(out, sc.name, choice.label, sc.seed + replication)
+    # the records are written beside the result directory (one rename moves them in); the
+    # folders made for them go again if the run fails
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     records = target.parent / f".{target.name}.requests-{os.getpid()}.parquet"
     chunks = iter_chunks(sc.workload, sc.duration_s, sc.seed + replication,
@@ -200,8 +204,13 @@ def _run_and_write(resolved: ResolvedScenario, choice: StrategyChoice, replicati
         result = simulate_streamed(resolved, choice, replication, ChunkSource(chunks),
                                    requests_path=records, progress=progress)
         _write(resolved, result, out, force, records)
-    finally:
+    except BaseException:
         records.unlink(missing_ok=True)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    records.unlink(missing_ok=True)
     return result
 
 

@@ -84,3 +84,15 @@ def test_stream_refuses_roles_and_faults(tmp_path: Path) -> None:
                         ("node_failure.yaml", "faults")):
         expect_error(run(repo / "scenarios" / name, tmp_path / "out", "--stream"),
                      name, field, "--stream")
+
+
+def test_a_failing_streamed_run_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> None:
+    import sim.runner_stream
+
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(sim.runner_stream.RecordSink, "add", boom)
+    result = run(_scenario(tmp_path), tmp_path / "out", "--stream")
+    assert isinstance(result.exception, RuntimeError)
+    assert not (tmp_path / "out").exists()
