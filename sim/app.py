@@ -74,8 +74,7 @@ def check_stream(resolved: ResolvedScenario) -> None:
         check_streamable_run(resolved)
     except StreamingError as exc:
         raise ScenarioError(f"--stream: {exc}", source=resolved.source,
-                            field="faults" if sc.faults is not None or sc.autoscaling
-                            else "cluster.node_groups") from None
+                            field="cluster.node_groups") from None
 
 
 def run_all(resolved: ResolvedScenario, out: Path, *, force: bool = False,

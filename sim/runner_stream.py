@@ -17,23 +17,31 @@ float summation order, its latency percentiles come from sketches (within ``alph
 the exact value of the same rank; the summary's ``sketch`` block says so), and
 ``nodes.parquet`` (the raw node series) is empty, as with ``fold_rows``.
 
-Not supported here (refused with a message): disaggregated prefill/decode (its hand-off keeps
-per-request lists), faults and autoscaling (their summary reads the whole request table).
+Faults and autoscaling stream too: their ``elasticity`` block comes from ``AvailabilityStats``
+fed page by page with the failures known at each release (exact: a page's requests have all
+left, so no later failure can overlap them), and a page is kept while a node still holds one
+of its requests (a hung engine keeps requests whose clients gave up until it restarts). Not
+supported (refused with a message): disaggregated prefill/decode, whose hand-off keeps
+per-request lists.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 import numpy as np
 import simpy
 
 from sim.build import ResolvedScenario, StrategyChoice
+from sim.metrics.availability import AvailabilityStats
 from sim.metrics.herding import HerdingStream
 from sim.metrics.streaming import RequestStats
 from sim.metrics.summary import summarize_streamed, timeline
+from sim.model.cluster import Cluster
+from sim.model.elasticity import Elasticity
 from sim.model.paged import PAGE_BITS
 from sim.model.requests_stream import StreamedRequestTable
 from sim.model.router import Router
@@ -71,13 +79,9 @@ class StreamingError(ValueError):
 
 def check_streamable_run(resolved: ResolvedScenario) -> None:
     """Raise ``StreamingError`` naming the scenario key a streamed run cannot take."""
-    sc = resolved.scenario
     if resolved.disagg is not None:
         raise StreamingError("cluster node groups with roles (disaggregated prefill/decode) "
                              "keep per-request hand-off lists; run them whole")
-    if sc.faults is not None or sc.autoscaling:
-        raise StreamingError("faults and autoscaling summarise the whole request table; "
-                             "run them whole")
 
 
 def simulate_streamed(resolved: ResolvedScenario, choice: StrategyChoice, replication: int,
@@ -92,7 +96,7 @@ def simulate_streamed(resolved: ResolvedScenario, choice: StrategyChoice, replic
     module docstring for what differs).
 
     Raises:
-        StreamingError: the scenario uses disaggregation, faults or autoscaling.
+        StreamingError: the scenario uses disaggregated prefill/decode.
     """
     check_streamable_run(resolved)
     sc = resolved.scenario
@@ -100,12 +104,13 @@ def simulate_streamed(resolved: ResolvedScenario, choice: StrategyChoice, replic
     run = _build(resolved, choice, replication, table)
     env, router = run.env, run.router
     folder = _folder(resolved)
-    sink = RecordSink(resolved, requests_path)
+    elastic = run.elastic
+    sink = RecordSink(resolved, requests_path, elastic)
     horizon = sc.duration_s + sc.drain_timeout_s
     if progress is not None:
         env.process(_ticker(env, router, horizon, progress))
     env.process(_fold_every(env, run.recorder, folder, fold_rows))
-    env.process(_release_every(env, table, router, sink))
+    env.process(_release_every(env, table, _live(router, run.cluster, elastic), sink))
     started, cpu_started = time.perf_counter(), time.process_time()
     try:
         env.run(until=env.any_of([router.drained, env.timeout(horizon)]))
@@ -113,7 +118,10 @@ def simulate_streamed(resolved: ResolvedScenario, choice: StrategyChoice, replic
         cpu = time.process_time() - cpu_started
         if progress is not None:
             progress(env.now, horizon, router.dispatched)
+        if elastic is not None:
+            elastic.finish(env.now)
         _book_unfinished(run.cluster, table, env.now)
+        sink.end_s = env.now
         # every arrival lies before the horizon, so nothing should be left to load; if some
         # is, it stays unfinished, as in a whole run
         while table.pull():
@@ -125,28 +133,53 @@ def simulate_streamed(resolved: ResolvedScenario, choice: StrategyChoice, replic
     data = _run_data(resolved, run.cluster, {}, run.recorder, env.now, router, folder)
     summary = {**summarize_streamed(data, sink.stats, sink.herd.figures()),
                "input": accounting_total(table.accounting)}
+    if elastic is not None and sink.availability is not None:
+        summary["elasticity"] = elastic.summary(sc, sink.availability, env.now)
     return RunResult(label=choice.label, strategy=choice.spec.name, replication=replication,
                      seed=run.seed, summary=summary, requests={}, node_states=data.states,
                      timeline=timeline(data, sc.metrics.bucket_s), wall_s=wall,
                      events=_events_scheduled(env), cpu_s=cpu)
 
 
-def _release_every(env: simpy.Environment, table: StreamedRequestTable, router: Router,
+def _release_every(env: simpy.Environment, table: StreamedRequestTable,
+                   live: Callable[[int, int], bool],
                    sink: RecordSink) -> Generator[simpy.Event, None, None]:
-    """Release the final pages every ``RELEASE_CHECK_S`` (reads the table and the router's
-    live attempts only; the model's state and order of events are untouched)."""
+    """Release the final pages every ``RELEASE_CHECK_S`` (reads the table, the router and the
+    nodes only; the model's state and order of events are untouched)."""
     while True:
         yield env.timeout(RELEASE_CHECK_S)
-        for page in table.release_final(router.has_live_attempts):
+        for page in table.release_final(live):
             sink.add(page)
+
+
+def _live(router: Router, cluster: Cluster, elastic: object) -> Callable[[int, int], bool]:
+    """Whether some request of ``[first, end)`` is still held: by a live hedge or retry
+    attempt, or, with faults, by a node (a hung engine keeps requests whose clients gave up,
+    already recorded, until it restarts)."""
+    if elastic is None:
+        return router.has_live_attempts
+    batchers = [node.batcher for node in cluster.nodes]
+
+    def live(first: int, end: int) -> bool:
+        return router.has_live_attempts(first, end) or any(
+            b.reqs and min(b.reqs) < end for b in batchers)
+    return live
 
 
 class RecordSink:
     """Where a streamed run's released pages go: API latency, Parquet, summary sums."""
 
-    def __init__(self, resolved: ResolvedScenario, requests_path: Path | None):
+    def __init__(self, resolved: ResolvedScenario, requests_path: Path | None,
+                 elastic: Elasticity | None = None):
         sc = resolved.scenario
         specs = resolved.node_specs
+        self.elastic = elastic
+        #: the availability figures of a run with faults or autoscaling
+        self.availability = None if elastic is None else AvailabilityStats(
+            sc.slo.model_dump(), (sc.warmup_s, sc.duration_s), sc.metrics.monitor_interval_s,
+            sc.duration_s + sc.drain_timeout_s)
+        #: the run's end, once it is over (open outages end there)
+        self.end_s = math.inf
         self.specs = specs
         self.api = ApiLatencyStream(len(specs))
         self.stats = RequestStats((sc.warmup_s, sc.duration_s), sc.slo.model_dump())
@@ -165,6 +198,8 @@ class RecordSink:
                 page[key] = page[key] + shift
         cols = {name: page[name] for name in COLUMNS}
         self.stats.add(cols)
+        if self.availability is not None and self.elastic is not None:
+            self.availability.add(cols, self.elastic.failure_records(), self.end_s)
         a, b = self.window_s
         measured = (arrival >= a) & (arrival < b)
         self.herd.add(arrival[measured], node[measured])

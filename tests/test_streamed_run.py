@@ -241,12 +241,32 @@ def test_resident_requests_do_not_grow_with_the_run(monkeypatch: pytest.MonkeyPa
     assert peaks[1] < 1.5 * peaks[0] + 64
 
 
-@pytest.mark.parametrize("scenario, key", [("disagg_long.yaml", "roles"),
-                                           ("node_failure.yaml", "faults")])
-def test_unsupported_mechanisms_are_refused(scenario: str, key: str) -> None:
-    resolved = app.load(REPO / "scenarios" / scenario, [], limits=False)
-    with pytest.raises(StreamingError, match=key):
+def test_prefill_decode_roles_are_refused() -> None:
+    resolved = app.load(REPO / "scenarios" / "disagg_long.yaml", [], limits=False)
+    with pytest.raises(StreamingError, match="roles"):
         simulate_streamed(resolved, resolved.strategies[0], 0, ChunkSource(iter([])))
+
+
+@pytest.mark.parametrize("scenario, extra", [
+    ("node_failure.yaml", ()),  # a crash: lost attempts retried elsewhere
+    # a hang: clients give up on requests the frozen engine keeps until it restarts, so their
+    # pages must wait (released early, a read of them raises)
+    ("node_failure.yaml", ("faults.scheduled.0.mode=hang", "router.retries.stall_timeout_s=20")),
+    ("autoscaling.yaml", ("duration_s=600",)),
+])
+def test_streamed_run_with_faults_and_autoscaling(tmp_path: Path, scenario: str,
+                                                  extra: tuple[str, ...]) -> None:
+    resolved = app.load(REPO / "scenarios" / scenario, ["warmup_s=5", *extra], limits=False,
+                        strategies=("least_loaded",))
+    choice = next(c for c in resolved.strategies if c.label == "least_loaded")
+    whole = simulate(resolved, choice, 0, collect(_chunks(resolved)), fold_rows=500)
+    path = tmp_path / "requests.parquet"
+    streamed = simulate_streamed(resolved, choice, 0, ChunkSource(_chunks(resolved)),
+                                 requests_path=path, fold_rows=500, page_bits=7)
+    _same_records(whole.requests, path)
+    _same_summary(whole, streamed)
+    block = whole.summary["elasticity"]
+    assert block["events"] or block["node_count"]["t_s"][1:]  # something failed or scaled
 
 
 # -- the streaming pieces against their whole-run versions --------------------------------------

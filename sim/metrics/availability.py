@@ -52,10 +52,6 @@ def slo_met(req: dict[str, np.ndarray], slo: dict[str, float | None]) -> np.ndar
     return ok
 
 
-def _share(met: np.ndarray, rows: np.ndarray) -> float | None:
-    return float(met[rows].mean()) if rows.any() else None
-
-
 def outage_windows(records: list[dict], end_s: float) -> list[tuple[float, float]]:
     """Merged ``[failure, serving again)`` intervals (a node never back: to ``end_s``)."""
     spans = sorted((r["start_s"], r["ready_s"] if math.isfinite(r["ready_s"]) else end_s)
@@ -67,14 +63,6 @@ def outage_windows(records: list[dict], end_s: float) -> list[tuple[float, float
         else:
             merged.append((start, end))
     return merged
-
-
-def slo_shares(req: dict[str, np.ndarray], slo: dict[str, float | None],
-               window_s: tuple[float, float], windows: list[tuple[float, float]]
-               ) -> dict[str, float | None]:
-    """``slo_met_share`` split by arrival time (see the module docstring)."""
-    met = slo_met(req, slo)
-    return {key: _share(met, rows) for key, rows in split_masks(req, window_s, windows).items()}
 
 
 def split_masks(req: dict[str, np.ndarray], window_s: tuple[float, float],
@@ -93,19 +81,6 @@ def split_masks(req: dict[str, np.ndarray], window_s: tuple[float, float],
     first = windows[0][0] if windows else math.inf
     return {"all": counted, "before": counted & (arrival < first) & ~during,
             "during": counted & during, "after": counted & after}
-
-
-def cache_hit_split(req: dict[str, np.ndarray], masks: dict[str, np.ndarray]
-                    ) -> dict[str, float | None]:
-    """Prefix-cache hit rate (cached / prompt tokens of the requests that were scheduled)
-    in each split of ``split_masks``."""
-    scheduled = np.isfinite(req["first_scheduled_s"])
-    out: dict[str, float | None] = {}
-    for key, rows in masks.items():
-        rows = rows & scheduled
-        prompt = int(req["prompt_tokens"][rows].sum())
-        out[key] = int(req["cached_tokens"][rows].sum()) / prompt if prompt else None
-    return out
 
 
 def provisioned_hours(log: list[tuple[float, int, bool]], n_nodes: int, gpus: np.ndarray,
@@ -145,42 +120,110 @@ def node_count_series(log: list[tuple[float, int, bool]], routable: list[tuple[f
     return {"t_s": times, "provisioned": prov, "routable": rout}
 
 
-def slo_series(req: dict[str, np.ndarray], slo: dict[str, float | None], interval_s: float,
-               end_s: float) -> dict[str, object]:
-    """Per ``interval_s`` of arrival time: requests arrived (rejected excluded), completed
-    within every SLO, and failed (the recovery curve after a failure)."""
-    arrival = req["arrival_s"]
-    counted = req["status"] != REJECTED
-    edges = np.arange(0.0, max(end_s, interval_s) + interval_s, interval_s)
-    met = slo_met(req, slo)
-
-    def count(rows: np.ndarray) -> list[int]:
-        return np.histogram(arrival[rows], edges)[0].astype(int).tolist()
-
-    return {"interval_s": interval_s, "t_s": edges[:-1].tolist(), "arrived": count(counted),
-            "met": count(counted & met), "failed": count(req["status"] == FAILED)}
+#: the request splits of ``slo_met_share`` and ``cache_hit_rate``
+SPLITS = ("all", "before", "during", "after")
 
 
-def elasticity_summary(req: dict[str, np.ndarray], slo: dict[str, float | None],
-                       window_s: tuple[float, float], end_s: float, records: list[dict],
-                       stats: dict[str, int], hours: tuple[float, float],
-                       node_count: dict[str, list], interval_s: float) -> dict[str, object]:
-    """The ``elasticity`` block of ``summary.json``."""
-    a, b = window_s
-    arrival, status = req["arrival_s"], req["status"]
-    measured = (arrival >= a) & (arrival < b)
-    done = int((measured & (status == COMPLETED)).sum())
-    failed = int((measured & (status == FAILED)).sum())
-    outages = outage_windows(records, end_s)
+class AvailabilityStats:
+    """The request-based figures of the ``elasticity`` block, as sums over chunks of requests.
+
+    ``add`` takes per-request columns (client-side times) and the failure records known when
+    the chunk is added: a chunk of requests that have all left by then is split exactly as the
+    whole run splits it, since a failure that starts later cannot overlap them, an outage still
+    open ends after all of their arrivals, and the first failure is either known or later than
+    every arrival. A whole run adds its requests once, at its end.
+
+    Args:
+        slo, window_s: the run's SLO targets and measurement window.
+        interval_s: the ``slo_series`` interval.
+        horizon_s: the latest possible end of the run (``slo_series`` bins are kept up to it
+            and cut at the run's end).
+    """
+
+    def __init__(self, slo: dict[str, float | None], window_s: tuple[float, float],
+                 interval_s: float, horizon_s: float):
+        self.slo = dict(slo)
+        self.window_s = window_s
+        self.interval_s = interval_s
+        self.edges = np.arange(0.0, max(horizon_s, interval_s) + interval_s, interval_s)
+        bins = self.edges.size - 1
+        self.arrived, self.met, self.failed_series = (np.zeros(bins, dtype=np.int64)
+                                                      for _ in range(3))
+        self.split_met = dict.fromkeys(SPLITS, 0)
+        self.split_count = dict.fromkeys(SPLITS, 0)
+        self.split_prompt = dict.fromkeys(SPLITS, 0)
+        self.split_cached = dict.fromkeys(SPLITS, 0)
+        self.done = self.failed = self.failed_total = 0
+
+    def add(self, req: dict[str, np.ndarray], records: list[dict],
+            end_s: float = math.inf) -> None:
+        """Fold a chunk of requests; ``records``: the failures known now (``end_s``: when
+        the ones still open end, the run's end when it is over)."""
+        a, b = self.window_s
+        arrival, status = req["arrival_s"], req["status"]
+        measured = (arrival >= a) & (arrival < b)
+        self.done += int((measured & (status == COMPLETED)).sum())
+        self.failed += int((measured & (status == FAILED)).sum())
+        self.failed_total += int((status == FAILED).sum())
+        met = slo_met(req, self.slo)
+        masks = split_masks(req, self.window_s, outage_windows(records, end_s))
+        scheduled = np.isfinite(req["first_scheduled_s"])
+        for key, rows in masks.items():
+            self.split_met[key] += int(met[rows].sum())
+            self.split_count[key] += int(rows.sum())
+            rows = rows & scheduled
+            self.split_prompt[key] += int(req["prompt_tokens"][rows].sum())
+            self.split_cached[key] += int(req["cached_tokens"][rows].sum())
+        counted = status != REJECTED
+        for total, rows in ((self.arrived, counted), (self.met, counted & met),
+                            (self.failed_series, status == FAILED)):
+            total += np.histogram(arrival[rows], self.edges)[0]
+
+    def series(self, end_s: float) -> dict[str, object]:
+        """``slo_series`` of the requests added, for a run that ended at ``end_s``."""
+        step = self.interval_s
+        bins = np.arange(0.0, max(end_s, step) + step, step).size - 1
+        return {"interval_s": step, "t_s": self.edges[:bins].tolist(),
+                "arrived": self.arrived[:bins].astype(int).tolist(),
+                "met": self.met[:bins].astype(int).tolist(),
+                "failed": self.failed_series[:bins].astype(int).tolist()}
+
+    def blocks(self, end_s: float) -> dict[str, object]:
+        """``availability``, the failed counts, ``slo_met_share``, ``cache_hit_rate`` and
+        ``slo_series`` (see the module docstring)."""
+        done, failed = self.done, self.failed
+        return {
+            "availability": done / (done + failed) if done + failed else None,
+            "failed": failed, "failed_total": self.failed_total,
+            "slo_met_share": {k: (self.split_met[k] / self.split_count[k]
+                                  if self.split_count[k] else None) for k in SPLITS},
+            "cache_hit_rate": {k: (self.split_cached[k] / self.split_prompt[k]
+                                   if self.split_prompt[k] else None) for k in SPLITS},
+            "slo_series": self.series(end_s),
+        }
+
+
+def elasticity_summary(req: dict[str, np.ndarray] | AvailabilityStats,
+                       slo: dict[str, float | None], window_s: tuple[float, float],
+                       end_s: float, records: list[dict], stats: dict[str, int],
+                       hours: tuple[float, float], node_count: dict[str, list],
+                       interval_s: float) -> dict[str, object]:
+    """The ``elasticity`` block of ``summary.json``; ``req``: the run's per-request columns,
+    or their ``AvailabilityStats`` (a streamed run's)."""
+    if not isinstance(req, AvailabilityStats):
+        acc = AvailabilityStats(slo, window_s, interval_s, end_s)
+        acc.add(req, records, end_s)
+        req = acc
+    part = req.blocks(end_s)
     for r in records:
         r["detect_delay_s"] = r["detected_s"] - r["start_s"]
     delays = np.array([r["detect_delay_s"] for r in records if math.isfinite(r["detected_s"])])
     return {
-        "availability": done / (done + failed) if done + failed else None,
-        "requests": {"failed": failed, "failed_total": int((status == FAILED).sum()),
+        "availability": part["availability"],
+        "requests": {"failed": part["failed"], "failed_total": part["failed_total"],
                      **{k: int(v) for k, v in stats.items()}},
-        "slo_met_share": slo_shares(req, slo, window_s, outages),
-        "cache_hit_rate": cache_hit_split(req, split_masks(req, window_s, outages)),
+        "slo_met_share": part["slo_met_share"],
+        "cache_hit_rate": part["cache_hit_rate"],
         "detection": {"failures": len(records),
                       "detected": int(delays.size),
                       "mean_s": float(delays.mean()) if delays.size else None,
@@ -190,5 +233,5 @@ def elasticity_summary(req: dict[str, np.ndarray], slo: dict[str, float | None],
         "node_hours": hours[0],
         "gpu_hours": hours[1],
         "node_count": node_count,
-        "slo_series": slo_series(req, slo, interval_s, end_s),
+        "slo_series": part["slo_series"],
     }

@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import simpy
 
-from sim.metrics.availability import elasticity_summary, node_count_series, provisioned_hours
+from sim.metrics.availability import (
+    AvailabilityStats,
+    elasticity_summary,
+    node_count_series,
+    provisioned_hours,
+)
 from sim.model.autoscaler import Autoscaler
 from sim.model.cluster import Cluster
 from sim.model.faults import OFF, FaultInjector, Hung, NodeConditions, failure_events
@@ -50,6 +55,10 @@ class Elasticity:
                                           sc.router.retries.stall_timeout_s)
         self.health.publish()
 
+    def failure_records(self) -> list[dict]:
+        """The failures so far (started; ``ready_s`` NaN while a node is not back)."""
+        return [dataclasses.asdict(r) for r in self.conditions.records]
+
     def finish(self, now: float) -> None:
         """At the end of the run: book the requests still waiting in hung engines as
         unfinished, leaving out the ones their clients abandoned (already recorded)."""
@@ -60,9 +69,10 @@ class Elasticity:
                         self.router.table.record(outcome)
                 self.cluster.reset_node(node.node_id)
 
-    def summary(self, sc: Scenario, requests: dict[str, np.ndarray],
+    def summary(self, sc: Scenario, requests: dict[str, np.ndarray] | AvailabilityStats,
                 end_s: float) -> dict[str, object]:
-        """The ``elasticity`` block of ``summary.json``."""
+        """The ``elasticity`` block of ``summary.json``, from the run's per-request columns
+        or, for a streamed run, their ``AvailabilityStats``."""
         c = self.conditions
         gpus = np.array([_gpus(spec.cost) for spec in self.cluster.specs], dtype=float)
         hours = provisioned_hours(c.provisioned_log, c.n, gpus, self.initially_off,
