@@ -46,6 +46,9 @@ def main() -> None:
                              "(sim.runner.simulate's fold_rows) instead of keeping them")
     parser.add_argument("--strategy", default=None,
                         help="route with this strategy instead of the scenario's round robin")
+    parser.add_argument("--autoscale", type=float, default=None, metavar="CONCURRENCY",
+                        help="scale the fleet with an HPA-style autoscaler on requests in "
+                             "flight per node (64 to --nodes nodes, 5 min cold start)")
     parser.add_argument("--stream", action="store_true",
                         help="stream the requests in by the hour of the day and the records "
                              "out by page (sim.runner_stream; folds every --fold rows, by "
@@ -70,6 +73,11 @@ def main() -> None:
         f"duration_s={period}", f"warmup_s={period / 24}", "drain_timeout_s=600",
         "metrics.bucket_s=60", "metrics.monitor_interval_s=60",
     ]
+    if args.autoscale is not None:
+        overrides.append(
+            f"autoscaling=[{{group: a100, metric: concurrency, target: {args.autoscale}, "
+            f"min_nodes: 64, initial_nodes: {args.nodes // 2}, interval_s: 60, "
+            f"scale_down_window_s: 600, cold_start_s: 300}}]")
     resolved = app.load(HERE / "scenarios" / "conv.yaml", overrides, limits=False,
                         strategies=(args.strategy,) if args.strategy else ())
     if args.stream:
@@ -102,6 +110,12 @@ def main() -> None:
     print(f"  peak memory (max RSS)    {peak:8,.0f} MB ({peak * 1024 * 1024 / n:,.0f} bytes "
           f"per request)")
     s = result.summary
+    elastic = s.get("elasticity")
+    if elastic is not None:
+        counts = elastic["node_count"]["provisioned"]  # type: ignore[index]
+        print(f"  autoscaled: {min(counts)}-{max(counts)} nodes provisioned, "
+              f"{elastic['gpu_hours']:,.0f} GPU-hours, "  # type: ignore[index]
+              f"availability {elastic['availability']:.4f}")  # type: ignore[index]
     print(f"  sanity: completed {s['requests']['completed']:,}, "  # type: ignore[index]
           f"p99 TTFT {s['latency_s']['ttft']['p99']:.3f} s")  # type: ignore[index]
 
