@@ -90,18 +90,7 @@ def simulate(resolved: ResolvedScenario, choice: StrategyChoice, replication: in
         env.process(_ticker(env, router, horizon, progress))
     if folder is not None and fold_rows is not None:
         env.process(_fold_every(env, recorder, folder, fold_rows))
-    started, cpu_started = time.perf_counter(), time.process_time()
-    env.run(until=env.any_of([router.drained, env.timeout(horizon)]))
-    wall = time.perf_counter() - started
-    cpu = time.process_time() - cpu_started
-    if progress is not None:
-        progress(env.now, horizon, router.dispatched)
-    if elastic is not None:
-        elastic.finish(env.now)
-    _book_unfinished(cluster, table, env.now)
-    if disagg is not None:
-        for outcome in disagg.book_in_transfer(env.now):
-            table.record(outcome)
+    wall, cpu = _run_to_end(run, table, horizon, progress)
     data = _run_data(resolved, cluster, request_columns(table, resolved.node_specs), recorder,
                      env.now, router, folder)
     if disagg is not None:
@@ -145,6 +134,26 @@ def _build(resolved: ResolvedScenario, choice: StrategyChoice, replication: int,
     elastic = build_elasticity(sc, env, cluster, router, seed)
     router.start()
     return _Run(seed, env, recorder, cluster, router, disagg, elastic)
+
+
+def _run_to_end(run: _Run, table: RequestTable, horizon: float,
+                progress: Progress | None) -> tuple[float, float]:
+    """Run until every request has left or ``horizon``; book what is still in flight (hung
+    engines, nodes, KV transfers) as unfinished. Returns the loop's wall and CPU seconds."""
+    env = run.env
+    started, cpu_started = time.perf_counter(), time.process_time()
+    env.run(until=env.any_of([run.router.drained, env.timeout(horizon)]))
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    if progress is not None:
+        progress(env.now, horizon, run.router.dispatched)
+    if run.elastic is not None:
+        run.elastic.finish(env.now)
+    _book_unfinished(run.cluster, table, env.now)
+    if run.disagg is not None:
+        for outcome in run.disagg.book_in_transfer(env.now):
+            table.record(outcome)
+    return wall, cpu
 
 
 def _router(resolved: ResolvedScenario, choice: StrategyChoice, env: simpy.Environment,

@@ -28,7 +28,6 @@ per-request lists.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 
@@ -50,12 +49,12 @@ from sim.runner import (
     FOLD_CHECK_S,
     Progress,
     RunResult,
-    _book_unfinished,
     _build,
     _events_scheduled,
     _fold_every,
     _folder,
     _run_data,
+    _run_to_end,
     _ticker,
     api_shift,
 )
@@ -111,16 +110,8 @@ def simulate_streamed(resolved: ResolvedScenario, choice: StrategyChoice, replic
         env.process(_ticker(env, router, horizon, progress))
     env.process(_fold_every(env, run.recorder, folder, fold_rows))
     env.process(_release_every(env, table, _live(router, run.cluster, elastic), sink))
-    started, cpu_started = time.perf_counter(), time.process_time()
     try:
-        env.run(until=env.any_of([router.drained, env.timeout(horizon)]))
-        wall = time.perf_counter() - started
-        cpu = time.process_time() - cpu_started
-        if progress is not None:
-            progress(env.now, horizon, router.dispatched)
-        if elastic is not None:
-            elastic.finish(env.now)
-        _book_unfinished(run.cluster, table, env.now)
+        wall, cpu = _run_to_end(run, table, horizon, progress)
         sink.end_s = env.now
         # every arrival lies before the horizon, so nothing should be left to load; if some
         # is, it stays unfinished, as in a whole run

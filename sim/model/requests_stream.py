@@ -98,11 +98,6 @@ class StreamedRequestTable(RequestTable):
         self.n += n
         return True
 
-    @property
-    def exhausted(self) -> bool:
-        """True once the source has no more chunks."""
-        return self._exhausted
-
     def release_final(self, live: Callable[[int, int], bool] | None = None,
                       everything: bool = False) -> Iterator[dict[str, np.ndarray]]:
         """Hand over and drop the oldest pages whose requests are all final.
